@@ -1,0 +1,17 @@
+"""Errors meant for people: each names the problem and the fix."""
+
+
+class VisionARError(Exception):
+    """Base class of every error vision-ar raises on purpose."""
+
+
+class ConfigError(VisionARError, ValueError):
+    """A setting, preset name, shape or argument that cannot work."""
+
+
+class CheckpointError(VisionARError, RuntimeError):
+    """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+class MissingFileError(VisionARError, FileNotFoundError):
+    """A local file the user must provide (weights, data) is absent."""

@@ -1,0 +1,198 @@
+"""Files: atomic writes, checkpoint reading, strict state_dict loading, and the save/load-a-folder mixin.
+
+Every model saves itself as a folder holding `config.json` (its constructor arguments) and
+`model.safetensors` (its weights), written to a temporary name and renamed, so a crash never leaves a
+half-written folder that looks complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError, ConfigError, MissingFileError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success rename it onto `path` (atomic on POSIX)."""
+    path = Path(path)
+    check_writable(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Create the parent folder if needed and make sure we may write there, before any work is done."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the output folder {parent}: {e}. Choose another output path.") from e
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"the output folder {parent} is not writable. Choose another output path.")
+    if path.exists() and path.is_file() and not os.access(path, os.W_OK):
+        raise ConfigError(f"the output file {path} exists and is not writable. Choose another output path.")
+    return path
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata=None) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading checkpoints
+# ----------------------------------------------------------------------------------------------------
+def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Read a `.pth`/`.pt`/`.bin` (safe unpickling only) or `.safetensors` file into a flat state_dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} not found: {path}. Pass the path of a local copy (nothing is downloaded).")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or truncated file
+        raise CheckpointError(f"cannot read {what} {path}: {e}. The file may be truncated or corrupt.") from e
+
+
+def unwrap_state_dict(sd: Mapping[str, Any], prefer: tuple[str, ...] = ("model", "state_dict", "ema")) -> dict:
+    """Official checkpoints sometimes nest the weights (e.g. {'model': ...}); return the flat tensor dict."""
+    if all(isinstance(v, torch.Tensor) for v in sd.values()):
+        return dict(sd)
+    for key in prefer:
+        if key in sd and isinstance(sd[key], Mapping):
+            return unwrap_state_dict(sd[key], prefer)
+    raise CheckpointError(f"no state_dict found in checkpoint; top-level keys are {sorted(sd)[:20]}")
+
+
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint",
+                           ignore: tuple[str, ...] = ()) -> None:
+    """Load with every mismatch listed at once: missing keys, unexpected keys, wrong shapes.
+
+    `ignore` names key suffixes that may be absent in the checkpoint (non-persistent caches the official
+    code stored, or buffers we rebuild deterministically).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd and not k.endswith(ignore or ("\0",))]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        lines = [f"{what} does not fit {type(model).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {missing}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
+        if wrong:
+            lines.append(f"  wrong shapes ({len(wrong)}): {wrong}")
+        lines.append("  Check that the preset/config matches the checkpoint (depth, width, vocabulary, image size).")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Folder save/load mixin
+# ----------------------------------------------------------------------------------------------------
+def _to_jsonable(x):
+    if dataclasses.is_dataclass(x):
+        return _to_jsonable(dataclasses.asdict(x))
+    if isinstance(x, dict):
+        return {k: _to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_jsonable(v) for v in x]
+    return x
+
+
+class PretrainedMixin:
+    """`save_pretrained(folder)` / `from_pretrained(folder)` for modules built from one config object.
+
+    A class using it sets `config_class` (a dataclass) and takes that config as its only constructor
+    argument; `self.config` holds it.
+    """
+
+    config_class: type = None  # type: ignore[assignment]
+
+    def save_pretrained(self, folder: str | os.PathLike, extra_config: dict | None = None) -> Path:
+        folder = Path(folder)
+        check_writable(folder / CONFIG_NAME)
+        cfg = {"_class": type(self).__name__, **_to_jsonable(self.config), **(extra_config or {})}
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+            sd = {k: v for k, v in self.state_dict().items()}
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / WEIGHTS_NAME))
+            for name in (CONFIG_NAME, WEIGHTS_NAME):  # rename file by file: an existing folder keeps other files
+                folder.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / name, folder / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def config_from_dict(cls, d: dict):
+        d = {k: v for k, v in d.items() if not k.startswith("_")}
+        fields = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} config has unknown fields {unknown}; known: {sorted(fields)}")
+        for f in dataclasses.fields(cls.config_class):  # JSON has lists where configs use tuples
+            if f.name in d and isinstance(d[f.name], list):
+                d[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in d[f.name])
+        return cls.config_class(**d)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, map_location: str = "cpu"):
+        folder = Path(folder)
+        cfg_path, w_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        for p in (cfg_path, w_path):
+            if not p.is_file():
+                raise MissingFileError(f"{p} not found: a model folder holds {CONFIG_NAME} and {WEIGHTS_NAME} "
+                                       f"(written by save_pretrained).")
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path} is not valid JSON: {e}") from e
+        model = cls(cls.config_from_dict(cfg))
+        load_state_dict_strict(model, load_checkpoint(w_path), what=str(w_path))
+        return model.to(map_location).eval()
