@@ -1,0 +1,85 @@
+"""Training task for every discrete or continuous tokenizer (multi-scale VQ, 2D VQ, KL-VAE).
+
+loss = recon (L1 or L2) + quantizer loss (commitment + codebook, or KL) + lpips_weight * LPIPS
+       + disc_weight * adversarial (after `disc_start` steps)
+
+The tokenizer exposes `training_forward(images) -> (reconstruction, quantizer_loss, stats)`; `stats` is a
+dict of floats (codebook usage, perplexity...) that goes to metrics.jsonl. The official VAR repository
+publishes no tokenizer training; this follows VQGAN / LlamaGen practice, with a fixed GAN weight (no
+adaptive weight: it needs the decoder's last-layer gradient and makes resume depend on graph details).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .tokenizer_losses import LPIPS, PatchDiscriminator, generator_adv_loss, hinge_d_loss
+
+
+@dataclass
+class TokenizerLossConfig:
+    recon: str = "l1"                  # 'l1' or 'l2'
+    quant_weight: float = 1.0
+    lpips_weight: float = 0.0          # > 0 needs lpips_vgg_path and lpips_lin_path
+    lpips_vgg_path: str | None = None
+    lpips_lin_path: str | None = None
+    disc_weight: float = 0.0           # > 0 turns the PatchGAN on
+    disc_start: int = 0                # step from which the adversarial loss counts
+    disc_channels: int = 64
+    disc_layers: int = 2
+
+
+def _images(batch):
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+class TokenizerTask:
+    def __init__(self, tokenizer: nn.Module, cfg: TokenizerLossConfig = TokenizerLossConfig()):
+        self.model = tokenizer
+        self.cfg = cfg
+        self.lpips = None
+        if cfg.lpips_weight > 0:
+            if not (cfg.lpips_vgg_path and cfg.lpips_lin_path):
+                from ..errors import ConfigError
+
+                raise ConfigError("lpips_weight > 0 needs --lpips-vgg PATH (torchvision vgg16 weights) and "
+                                  "--lpips-lin PATH (LPIPS vgg.pth); nothing is downloaded")
+            self.lpips = LPIPS.from_local(cfg.lpips_vgg_path, cfg.lpips_lin_path)
+        self.discriminator = PatchDiscriminator(ch=cfg.disc_channels, n_layers=cfg.disc_layers) \
+            if cfg.disc_weight > 0 else None
+
+    def _recon_loss(self, rec, x):
+        return F.l1_loss(rec, x) if self.cfg.recon == "l1" else F.mse_loss(rec, x)
+
+    def loss(self, model, batch, step):
+        x = _images(batch)
+        rec, quant_loss, stats = model.training_forward(x)
+        rec_loss = self._recon_loss(rec, x)
+        loss = rec_loss + self.cfg.quant_weight * quant_loss
+        metrics = {"rec_loss": rec_loss.item(), "quant_loss": float(quant_loss), **stats}
+        with torch.no_grad():
+            metrics["psnr"] = (10 * torch.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), x).clamp_min(1e-10))).item()
+        if self.lpips is not None:
+            self.lpips.to(x.device)
+            p = self.lpips(rec, x).mean()
+            loss = loss + self.cfg.lpips_weight * p
+            metrics["lpips"] = p.item()
+        if self.discriminator is not None and step >= self.cfg.disc_start:
+            self.discriminator.requires_grad_(False)  # the generator step must not train D
+            g = generator_adv_loss(self.discriminator(rec))
+            self.discriminator.requires_grad_(True)
+            loss = loss + self.cfg.disc_weight * g
+            metrics["g_adv"] = g.item()
+        return loss, metrics
+
+    def disc_loss(self, model, disc, batch, step):
+        if step < self.cfg.disc_start:
+            return None, {}
+        x = _images(batch)
+        with torch.no_grad():
+            rec, _, _ = model.training_forward(x)
+        d = hinge_d_loss(disc(x), disc(rec.detach()))
+        return d, {"d_loss": d.item()}
