@@ -1,0 +1,492 @@
+"""LlamaGen-style class-conditional GPT: next-token prediction over a raster-ordered VQ token grid.
+
+Functionally identical to FoundationVision/LlamaGen `autoregressive/models/gpt.py` (c2i): same state_dict keys,
+so official `c2i_*.pt` checkpoints load as they are, and the same logits.
+
+    sequence   [class token] [tok 0] [tok 1] ... [tok N-1]          (N = block_size = grid * grid)
+    position        0            1       2           N
+    predicts     tok 0        tok 1   tok 2   ...  (extra)
+
+Map of this file:
+  * GPTConfig            - the official `ModelArgs` fields of a c2i model (text conditioning is not ported)
+  * LabelEmbedder        - class embedding with a learned null class (row `num_classes`) for CFG + label dropout
+  * Attention / Block    - pre-norm LLaMA block: RMSNorm, fused qkv, 2D RoPE, SDPA, SwiGLU, residual dropout
+  * GPT                  - teacher-forced `forward` (training) and the incremental KV-cache API every sampler uses
+  * presets              - gpt-b / gpt-l / gpt-xl / gpt-xxl / gpt-3b for 256px (16x16 tokens) and 384px (24x24)
+
+Incremental decoding (the only way samplers talk to the model; see `vision_ar/sampling/token_loop.py`):
+
+    model.setup_cache(batch_size, max_seq_len=None, dtype=None)   # preallocate one static KVCache per layer
+    logits = model.prefill(cond_idx)              # (B,) labels -> (B, V): predicts token 0; cache_length = 1
+    logits = model.decode(tokens, start_pos)      # (B, T) tokens at absolute positions start_pos.. -> (B, T, V)
+    model.truncate_cache(length)                  # forget positions >= length (speculative decoding)
+    model.cache_length                            # number of valid cached positions
+    model.reset_cache() / model.release_cache()
+
+Positions are absolute sequence positions (class token = 0, image token i = i + 1), the same numbers the
+official code passes as `input_pos`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..nn.attention import attend
+from ..nn.kv_cache import KVCache
+from ..nn.norms import RMSNorm
+from ..nn.rope import apply_rope, rope_2d_table
+from ..nn.swiglu import FeedForward
+from ..registry import register_preset
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class GPTConfig:
+    """Field names and defaults of the official `ModelArgs` (c2i subset)."""
+
+    dim: int = 4096
+    n_layer: int = 32
+    n_head: int = 32
+    n_kv_head: int | None = None  # grouped-query attention when smaller than n_head (official option, unused by c2i)
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_base: float = 10000
+    norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+
+    token_dropout_p: float = 0.1
+    attn_dropout_p: float = 0.0
+    resid_dropout_p: float = 0.1
+    ffn_dropout_p: float = 0.1
+    drop_path_rate: float = 0.0
+
+    num_classes: int = 1000
+    class_dropout_prob: float = 0.1
+
+    vocab_size: int = 16384
+    cls_token_num: int = 1
+    block_size: int = 256  # number of image tokens = grid * grid
+
+    # Official ModelArgs fields with no meaning here: text conditioning and gpt-fast cache sizes.
+    _IGNORED_OFFICIAL_FIELDS = ("caption_dim", "max_batch_size", "max_seq_len")
+
+    def __post_init__(self):
+        if self.dim % self.n_head:
+            raise ConfigError(f"dim={self.dim} is not divisible by n_head={self.n_head}; change one of them.")
+        kv = self.n_kv_head or self.n_head
+        if self.n_head % kv:
+            raise ConfigError(f"n_head={self.n_head} is not a multiple of n_kv_head={kv}.")
+        if (self.dim // self.n_head) % 4:
+            raise ConfigError(f"head_dim={self.dim // self.n_head} must be divisible by 4 for 2D RoPE; "
+                              f"change dim / n_head.")
+        if math.isqrt(self.block_size) ** 2 != self.block_size:
+            raise ConfigError(f"block_size={self.block_size} is not a square number of tokens (grid * grid); "
+                              f"use (image_size // downsample) ** 2, e.g. 256 for 256px with a 16x tokenizer.")
+        if self.cls_token_num != 1:
+            # The c2i embedder yields ONE conditioning row; the official code with cls_token_num > 1 would
+            # zero the RoPE of the first image tokens. Only text conditioning (not ported) uses more.
+            raise ConfigError(f"cls_token_num={self.cls_token_num}: class conditioning uses exactly one class "
+                              f"token; set cls_token_num=1 (every official c2i checkpoint does).")
+        for name in ("token_dropout_p", "attn_dropout_p", "resid_dropout_p", "ffn_dropout_p", "drop_path_rate",
+                     "class_dropout_prob"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ConfigError(f"{name}={p} must be in [0, 1).")
+        if self.vocab_size < 1 or self.num_classes < 1:
+            raise ConfigError("vocab_size and num_classes must be >= 1.")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_head
+
+    @property
+    def grid_size(self) -> int:
+        return math.isqrt(self.block_size)
+
+    @property
+    def max_positions(self) -> int:
+        """Conditioning positions + image positions: the longest sequence the RoPE table covers."""
+        return self.cls_token_num + self.block_size
+
+    def replace(self, **changes) -> "GPTConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_official_args(cls, args: dict) -> "GPTConfig":
+        """Build from an official `ModelArgs` dict (e.g. a fixture's gpt_config.json `model_args`)."""
+        args = dict(args)
+        model_type = args.pop("model_type", "c2i")
+        if model_type != "c2i":
+            raise ConfigError(f"model_type={model_type!r}: only class-conditional ('c2i') LlamaGen is ported; "
+                              f"text-conditional (t2i) models are not supported.")
+        for k in cls._IGNORED_OFFICIAL_FIELDS:
+            args.pop(k, None)
+        return cls(**args)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------
+class LabelEmbedder(nn.Module):
+    """Class label -> one embedding row. Row `num_classes` is the learned null class (exists when
+    class_dropout_prob > 0, as officially), used for classifier-free guidance.
+
+    In training, each label is replaced by the null class with probability `dropout_prob`
+    (one uniform draw per sample: `torch.rand(B) < p`, from `generator` or the global RNG like the official).
+    """
+
+    def __init__(self, num_classes: int, dim: int, dropout_prob: float):
+        super().__init__()
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+        self.embedding_table = nn.Embedding(num_classes + int(dropout_prob > 0), dim)
+
+    @property
+    def has_null_class(self) -> bool:
+        return self.embedding_table.num_embeddings > self.num_classes
+
+    def forward(self, labels: torch.Tensor, train: bool, force_drop_ids: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        if force_drop_ids is not None:
+            labels = torch.where(force_drop_ids == 1, self.num_classes, labels)
+        elif train and self.dropout_prob > 0:
+            drop = torch.rand(labels.shape[0], device=labels.device, generator=generator) < self.dropout_prob
+            labels = torch.where(drop, self.num_classes, labels)
+        return self.embedding_table(labels).unsqueeze(1)  # (B, 1, dim)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a whole residual branch per sample in training, rescale survivors."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.n_kv_head = cfg.n_kv_head or cfg.n_head
+        self.head_dim = cfg.head_dim
+        self.dim = cfg.dim
+        # One fused projection: [q (n_head) | k (n_kv_head) | v (n_kv_head)] * head_dim output rows.
+        self.wqkv = nn.Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
+        self.attn_dropout_p = cfg.attn_dropout_p
+        self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
+
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, dim); rope (L, head_dim/2, 2) rows of x's positions.
+
+        Without a cache: causal self-attention over x. With a cache: x's keys/values are appended to it and
+        x attends to prefix + itself; `mask` (L, prefix+L) bool (True = attend) keeps it causal inside x
+        (None when L == 1: a single new token may see everything cached).
+        """
+        b, length, _ = x.shape
+        kv = self.n_kv_head * self.head_dim
+        q, k, v = self.wqkv(x).split([self.dim, kv, kv], dim=-1)
+        q = apply_rope(q.view(b, length, self.n_head, self.head_dim), rope).transpose(1, 2)
+        k = apply_rope(k.view(b, length, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        v = v.view(b, length, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        if self.n_kv_head != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
+        out = attend(q, k, v, attn_bias=mask, is_causal=cache is None,
+                     dropout_p=self.attn_dropout_p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(b, length, self.dim)
+        return self.resid_dropout(self.wo(out))
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: GPTConfig, drop_path: float):
+        super().__init__()
+        self.attention = Attention(cfg)
+        self.feed_forward = FeedForward(cfg.dim, cfg.multiple_of, cfg.ffn_dim_multiplier, cfg.ffn_dropout_p)
+        self.attention_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x, rope, cache=None, mask=None):
+        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, cache, mask))
+        return x + self.drop_path(self.feed_forward(self.ffn_norm(x)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------
+class GPT(PretrainedMixin, nn.Module):
+    config_class = GPTConfig
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = cfg = config
+        self.num_classes = cfg.num_classes
+        self.vocab_size = cfg.vocab_size
+        self.block_size = cfg.block_size
+        self.cls_token_num = cfg.cls_token_num
+
+        self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim, cfg.class_dropout_prob)
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
+        drop_paths = [x.item() for x in torch.linspace(0, cfg.drop_path_rate, cfg.n_layer, device="cpu")]
+        self.layers = nn.ModuleList(TransformerBlock(cfg, dp) for dp in drop_paths)
+        self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+        # Deterministic, so not saved (the official checkpoints do not hold it either).
+        self.register_buffer("rope", rope_2d_table(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num),
+                             persistent=False)
+        self._caches: list[KVCache] | None = None
+        self._init_weights()
+
+    def _init_weights(self):
+        # Official init: N(0, initializer_range) for every Linear/Embedding, zero output head.
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, mean=0.0, std=std)
+        nn.init.zeros_(self.output.weight)
+
+    # ----------------------------------------------------------------------------------------------
+    # Input checks (cheap, before any compute)
+    # ----------------------------------------------------------------------------------------------
+    def _check_labels(self, cond_idx: torch.Tensor, allow_null: bool = True) -> None:
+        if not isinstance(cond_idx, torch.Tensor) or cond_idx.ndim != 1 or cond_idx.is_floating_point():
+            raise ConfigError(f"cond_idx must be a 1-D integer tensor of class labels (B,), got "
+                              f"{getattr(cond_idx, 'shape', type(cond_idx))}.")
+        hi = self.cls_embedding.embedding_table.num_embeddings if allow_null else self.num_classes
+        if cond_idx.numel() and (int(cond_idx.min()) < 0 or int(cond_idx.max()) >= hi):
+            raise ConfigError(f"class labels must be in [0, {hi - 1}] (null class = {self.num_classes} "
+                              f"{'available' if self.cls_embedding.has_null_class else 'absent'}); got "
+                              f"min {int(cond_idx.min())}, max {int(cond_idx.max())}.")
+
+    def _check_tokens(self, idx: torch.Tensor, name: str = "idx") -> None:
+        if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.is_floating_point():
+            raise ConfigError(f"{name} must be a 2-D integer tensor of token ids (B, T), got "
+                              f"{getattr(idx, 'shape', type(idx))}.")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
+            raise ConfigError(f"{name} holds token ids outside [0, {self.vocab_size - 1}] (min {int(idx.min())}, "
+                              f"max {int(idx.max())}); the tokenizer's codebook must match vocab_size.")
+
+    # ----------------------------------------------------------------------------------------------
+    # Teacher-forced pass (training, and full-sequence scoring)
+    # ----------------------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor, cond_idx: torch.Tensor, targets: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None, force_drop_ids: torch.Tensor | None = None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) image tokens (T <= block_size), cond_idx (B,) labels -> (logits (B, 1+T, V) float32, loss).
+
+        logits[:, t] predicts image token t. Training feeds tokens[:, :-1] with targets = tokens (B, block_size).
+        `valid` (B,) weights samples in the loss; `force_drop_ids` (B,) == 1 forces the null class;
+        label dropout in train mode draws from `generator` (global RNG when None).
+        """
+        self._check_tokens(idx)
+        self._check_labels(cond_idx)
+        if idx.shape[0] != cond_idx.shape[0]:
+            raise ConfigError(f"idx has batch {idx.shape[0]} but cond_idx has {cond_idx.shape[0]}.")
+        length = 1 + idx.shape[1]
+        if length > self.config.max_positions:
+            raise ConfigError(f"{idx.shape[1]} tokens do not fit block_size={self.block_size}; "
+                              f"feed at most block_size tokens.")
+        cond = self.cls_embedding(cond_idx, train=self.training, force_drop_ids=force_drop_ids,
+                                  generator=generator)
+        h = self.tok_dropout(torch.cat([cond, self.tok_embeddings(idx)], dim=1))
+        rope = self.rope[:length]
+        for layer in self.layers:
+            h = layer(h, rope)
+        logits = self.output(self.norm(h)).float()
+
+        loss = None
+        if targets is not None:
+            if targets.shape != logits.shape[:2]:
+                raise ConfigError(f"targets {tuple(targets.shape)} must be (B, T+1) = {tuple(logits.shape[:2])}: "
+                                  f"feed idx = tokens[:, :-1] with targets = tokens.")
+            flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                   reduction="none" if valid is not None else "mean")
+            if valid is not None:
+                weights = valid[:, None].expand_as(targets).reshape(-1).to(flat.dtype)
+                loss = (flat * weights).sum() / weights.sum().clamp_min(1)
+            else:
+                loss = flat
+        return logits, loss
+
+    # ----------------------------------------------------------------------------------------------
+    # Incremental decoding with a static KV cache
+    # ----------------------------------------------------------------------------------------------
+    def setup_cache(self, batch_size: int, max_seq_len: int | None = None, dtype: torch.dtype | None = None) -> None:
+        """Preallocate one KVCache per layer for `batch_size` rows and `max_seq_len` positions
+        (default: class token + block_size). Reuses the existing caches when they already fit exactly."""
+        max_seq_len = self.config.max_positions if max_seq_len is None else int(max_seq_len)
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        if not self.cls_token_num < max_seq_len <= self.config.max_positions:
+            raise ConfigError(f"max_seq_len={max_seq_len} must be in [{self.cls_token_num + 1}, "
+                              f"{self.config.max_positions}] (class token + at most block_size={self.block_size} "
+                              f"image tokens).")
+        param = self.tok_embeddings.weight
+        dtype = dtype or param.dtype
+        kv_heads = self.config.n_kv_head or self.config.n_head
+        if self._caches is not None:
+            k = self._caches[0].k
+            if k.shape[0] == batch_size and k.shape[2] == max_seq_len and k.dtype == dtype and k.device == param.device:
+                self.reset_cache()
+                return
+        self._caches = [KVCache(batch_size, kv_heads, max_seq_len, self.config.head_dim, dtype=dtype,
+                                device=param.device) for _ in self.layers]
+
+    def reset_cache(self) -> None:
+        for c in self._caches or []:
+            c.reset()
+
+    def release_cache(self) -> None:
+        """Free the cache memory."""
+        self._caches = None
+
+    @property
+    def cache_length(self) -> int:
+        """Valid cached positions (0 before prefill / without a cache)."""
+        return self._caches[0].length if self._caches else 0
+
+    @property
+    def cache_capacity(self) -> int:
+        return self._caches[0].max_len if self._caches else 0
+
+    def truncate_cache(self, length: int) -> None:
+        """Roll every layer's cache back to `length` positions (nothing recomputed)."""
+        self._require_cache()
+        if not 0 <= length <= self.cache_length:
+            raise ConfigError(f"cannot truncate the KV cache to {length}: it holds {self.cache_length} positions.")
+        for c in self._caches:
+            c.truncate(length)
+
+    def _require_cache(self, batch: int | None = None) -> None:
+        if self._caches is None:
+            raise ConfigError("no KV cache: call model.setup_cache(batch_size, max_seq_len) before prefill/decode.")
+        if batch is not None and batch != self._caches[0].k.shape[0]:
+            raise ConfigError(f"batch of {batch} rows does not match the KV cache's {self._caches[0].k.shape[0]}; "
+                              f"call setup_cache with batch_size={batch}.")
+
+    def _cached_step(self, h: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """Run embeddings h (B, T, dim) at positions start_pos.. on top of the cache; return float logits."""
+        t = h.shape[1]
+        end = start_pos + t
+        mask = None
+        if t > 1:  # causal inside the new window; every cached position is visible
+            q_pos = torch.arange(start_pos, end, device=h.device)[:, None]
+            mask = torch.arange(end, device=h.device)[None, :] <= q_pos
+        rope = self.rope[start_pos:end]
+        h = self.tok_dropout(h)
+        for layer, cache in zip(self.layers, self._caches):
+            h = layer(h, rope, cache, mask)
+        return self.output(self.norm(h)).float()
+
+    @torch.no_grad()
+    def prefill(self, cond_idx: torch.Tensor) -> torch.Tensor:
+        """Empty the cache, write the class-token position(s) and return the logits (B, V) of image token 0.
+
+        Labels may include the null class `num_classes` (the unconditional half of a CFG batch). No label
+        dropout here: sampling asks for the null class explicitly.
+        """
+        self._check_labels(cond_idx)
+        self._require_cache(cond_idx.shape[0])
+        self.reset_cache()
+        h = self.cls_embedding(cond_idx, train=False)[:, : self.cls_token_num]
+        return self._cached_step(h, 0)[:, -1]
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """Feed tokens (B, T) at absolute positions start_pos .. start_pos+T-1 -> logits (B, T, V).
+
+        logits[:, i] predicts the token at position start_pos+i+1. Image token j lives at position j + 1.
+        start_pos may be < cache_length: the cache is first rolled back to start_pos (speculative decoding
+        re-feeding a draft); it may not be > cache_length (a gap) nor run past the cache.
+        """
+        self._check_tokens(tokens, "tokens")
+        self._require_cache(tokens.shape[0])
+        start_pos = int(start_pos)
+        if not self.cls_token_num <= start_pos <= self.cache_length:
+            raise ConfigError(f"start_pos={start_pos} must be in [{self.cls_token_num}, cache_length="
+                              f"{self.cache_length}] (call prefill first; positions cannot leave gaps).")
+        if start_pos + tokens.shape[1] > self.cache_capacity:
+            raise ConfigError(f"positions up to {start_pos + tokens.shape[1] - 1} do not fit the KV cache of "
+                              f"{self.cache_capacity} positions; call setup_cache with a larger max_seq_len "
+                              f"(at most {self.config.max_positions}).")
+        if start_pos < self.cache_length:
+            self.truncate_cache(start_pos)
+        return self._cached_step(self.tok_embeddings(tokens), start_pos)
+
+    # ----------------------------------------------------------------------------------------------
+    # Official checkpoints
+    # ----------------------------------------------------------------------------------------------
+    def load_official_state_dict(self, sd) -> "GPT":
+        """Load an official LlamaGen state_dict (or a checkpoint dict holding it under 'model'/'module'/...)."""
+        sd = unwrap_state_dict(sd, prefer=("model", "module", "state_dict", "ema"))
+        # Older official files may carry the RoPE table or gpt-fast KV caches; both are rebuilt here.
+        sd = {k: v for k, v in sd.items() if k != "freqs_cis" and ".kv_cache." not in k and k != "causal_mask"}
+        load_state_dict_strict(self, sd, what="LlamaGen GPT checkpoint")
+        return self
+
+    @classmethod
+    def from_official(cls, path, config: GPTConfig | str, **overrides) -> "GPT":
+        """`GPT.from_official("c2i_L_256.pt", "gpt-l")`: build the preset (or config) and load the file."""
+        if isinstance(config, str):
+            from ..registry import create
+
+            model = create(config, **overrides)
+        else:
+            model = cls(config.replace(**overrides) if overrides else config)
+        return model.load_official_state_dict(load_checkpoint(path, "LlamaGen GPT checkpoint")).eval()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Presets (official GPT_models sizes; class-conditional ImageNet: vocab 16384, 1000 classes)
+# ----------------------------------------------------------------------------------------------------
+_SIZES = {  # name: (n_layer, n_head, dim, approx params)
+    "b": (12, 12, 768, "111M"),
+    "l": (24, 16, 1024, "343M"),
+    "xl": (36, 20, 1280, "775M"),
+    "xxl": (48, 24, 1536, "1.4B"),
+    "3b": (24, 32, 3200, "3.1B"),
+}
+_RESOLUTIONS = {256: 16, 384: 24}  # image size -> token grid (VQ-16)
+
+
+def _register(size: str, image_size: int):
+    n_layer, n_head, dim, params = _SIZES[size]
+    grid = _RESOLUTIONS[image_size]
+    name = f"gpt-{size}" if image_size == 256 else f"gpt-{size}-{image_size}"
+
+    @register_preset(name, family="next-token",
+                     description=f"LlamaGen GPT-{size.upper()} c2i, {params}, {image_size}px ({grid}x{grid} tokens)")
+    def build(**overrides):
+        cfg = dict(n_layer=n_layer, n_head=n_head, dim=dim, vocab_size=16384, num_classes=1000,
+                   cls_token_num=1, block_size=grid * grid)
+        cfg.update(overrides)
+        return GPT(GPTConfig(**cfg))
+
+    return build
+
+
+for _size in _SIZES:
+    for _res in _RESOLUTIONS:
+        _register(_size, _res)

@@ -1,0 +1,49 @@
+"""2D rotary position embedding as LlamaGen uses it for a raster-ordered h x w token grid.
+
+Table layout (what `rope_2d_table` returns), shape (cls_token_num + grid*grid, head_dim // 2, 2):
+  * rows 0 .. cls_token_num-1: all ZEROS (cos = sin = 0). The conditioning positions are not rotated but
+    multiplied by zero, so their queries/keys vanish after RoPE (official LlamaGen behaviour; the class token
+    still influences later tokens through its value vector and the residual stream).
+  * row cls_token_num + r*grid + c: image token at grid row r, column c. The first half of the rotated pairs
+    (head_dim // 4 frequencies) encodes the row r, the second half the column c.
+The last axis holds (cos, sin). Rows are indexed by absolute sequence position.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import ConfigError
+
+
+def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000, cls_token_num: int = 1) -> torch.Tensor:
+    """(cls_token_num + grid_size**2, head_dim // 2, 2) float32 table of (cos, sin), see module docstring."""
+    if head_dim % 4 != 0:
+        raise ConfigError(f"2D RoPE needs head_dim divisible by 4 (half for rows, half for columns, in pairs); "
+                          f"got head_dim={head_dim}. Change dim / n_head.")
+    half = head_dim // 2
+    # Same float32 arithmetic as the official table, so positions match it to the last bit.
+    inv_freq = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))  # (head_dim // 4,)
+    angles = torch.outer(torch.arange(grid_size, device=inv_freq.device), inv_freq)  # (grid, head_dim // 4)
+    grid_angles = torch.cat([
+        angles[:, None, :].expand(-1, grid_size, -1),  # row index
+        angles[None, :, :].expand(grid_size, -1, -1),  # column index
+    ], dim=-1)  # (grid, grid, head_dim // 2)
+    table = torch.stack([torch.cos(grid_angles), torch.sin(grid_angles)], dim=-1).flatten(0, 1)
+    prefix = torch.zeros(cls_token_num, half, 2, dtype=table.dtype, device=table.device)
+    return torch.cat([prefix, table])
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive pairs (x[2i], x[2i+1]) of x (B, L, H, D) by the (cos, sin) rows table (L, D/2, 2).
+
+    Computed in float32 and cast back (as the official code), so half-precision models rotate identically.
+    """
+    b, length, h, d = x.shape
+    if table.shape[0] != length or table.shape[1] * 2 != d:
+        raise ConfigError(f"RoPE table rows {tuple(table.shape)} do not fit the input {tuple(x.shape)}")
+    pairs = x.float().reshape(b, length, h, d // 2, 2)
+    cos = table[None, :, None, :, 0]
+    sin = table[None, :, None, :, 1]
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
+    return out.flatten(3).type_as(x)
