@@ -1,0 +1,25 @@
+"""Feed-forward blocks shared by the transformers.
+
+`FFN` is the ViT/GPT-2 MLP used by VAR: Linear -> GELU(tanh approximation) -> Linear (-> dropout).
+Parameter names `fc1` / `fc2` are the official VAR (and timm `Mlp`) key names, so checkpoints load as they are.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FFN(nn.Module):
+    def __init__(self, in_features: int, hidden_features: int | None = None, out_features: int | None = None,
+                 drop: float = 0.0):
+        super().__init__()
+        hidden_features = hidden_features or in_features
+        out_features = out_features or in_features
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        # tanh-approximate GELU: what VAR was trained with (its fused kernel is "gelu_approx").
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
