@@ -146,7 +146,7 @@ class MultiScaleResidualQuantizer(nn.Module):
 
         # Per-scale EMA of code hits (training statistics; part of the official state_dict).
         self.register_buffer("ema_vocab_hit_SV", torch.full((S, self.vocab_size), fill_value=0.0))
-        self.record_hit = 0  # a plain counter, not saved (as in the official code)
+        self.record_hit = 0  # training steps seen: a plain counter, not saved (as in the official code)
         self.embedding = nn.Embedding(self.vocab_size, self.Cvae)
 
     def extra_repr(self) -> str:
@@ -207,11 +207,18 @@ class MultiScaleResidualQuantizer(nn.Module):
                 loss = loss + F.mse_loss(f_hat.detach(), f).mul(self.beta) + F.mse_loss(f_hat, f_no_grad)
             loss = loss / self.num_scales
             f_hat_st = (f_hat.detach() - f_no_grad).add_(f)
+        if self.training:
+            self.record_hit += 1
         return f_hat_st, (self.usages(B * H * W) if ret_usages else None), loss
 
     @torch.no_grad()
     def _record_hits(self, si: int, idx_N: torch.LongTensor) -> None:
-        """Update the per-scale EMA of code hits (training mode only; summed over ranks under DDP)."""
+        """Update the per-scale EMA of code hits (training mode only; summed over ranks under DDP).
+
+        The first training step copies the hits, the next 99 use momentum 0.9, later ones 0.99. The official code
+        advances its step counter once per *scale*, so its scales > 0 never get the initial copy; here it advances
+        once per training step (forward), which only changes these usage statistics, never the loss or tokens.
+        """
         if not self.training:
             return
         hit_V = idx_N.bincount(minlength=self.vocab_size).float()
@@ -224,7 +231,6 @@ class MultiScaleResidualQuantizer(nn.Module):
             ema.mul_(0.9).add_(hit_V.mul(0.1))
         else:
             ema.mul_(0.99).add_(hit_V.mul(0.01))
-        self.record_hit += 1
 
     def usages(self, vectors_per_batch: int) -> list[float]:
         """Per scale, % of codes whose EMA hit count reaches 8% of a uniform share of one (global) batch."""
