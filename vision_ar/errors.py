@@ -15,3 +15,7 @@ class CheckpointError(VisionARError, RuntimeError):
 
 class MissingFileError(VisionARError, FileNotFoundError):
     """A local file the user must provide (weights, data) is absent."""
+
+
+class DataError(VisionARError, ValueError):
+    """A data file (image, dataset archive, token cache) that is corrupt, truncated or stale."""
