@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -444,9 +445,11 @@ class VAR(PretrainedMixin, nn.Module):
     # official checkpoints
     # ------------------------------------------------------------------------------------------------
     @classmethod
-    def from_official_checkpoint(cls, path, preset: str = "var-d16", map_location: str = "cpu") -> "VAR":
+    def from_official_checkpoint(cls, path, preset: str = "var-d16", map_location: str = "cpu",
+                                 **overrides) -> "VAR":
         """Load an official `var_d{16,20,24,30,36}.pth` (a plain state_dict) into the matching preset.
 
+        `overrides` change preset fields (e.g. cond_drop_rate, or sizes for a checkpoint of another shape).
         The model is built on the meta device and the checkpoint tensors are assigned, so nothing is allocated
         twice and no time is spent on a random init.
         """
@@ -457,9 +460,11 @@ class VAR(PretrainedMixin, nn.Module):
                               f"var-d30, var-d36.")
         sd = unwrap_state_dict(load_checkpoint(path, what=f"VAR checkpoint ({preset})"))
         with torch.device("meta"):
-            model = get_preset(preset).builder()
-        load_state_dict_strict(model, sd, what=f"{path}")  # every mismatch listed at once
-        model.load_state_dict(sd, strict=True, assign=True)
+            model = get_preset(preset).builder(**overrides)
+        with warnings.catch_warnings():  # the strict check's copy into meta tensors is a (warned) no-op
+            warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+            load_state_dict_strict(model, sd, what=f"{path}")  # every mismatch listed at once
+        model.load_state_dict(sd, strict=True, assign=True)  # the checkpoint tensors become the weights
         return model.to(map_location).eval()
 
 
