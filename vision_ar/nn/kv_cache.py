@@ -36,6 +36,35 @@ class KVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def append_rows(self, k: torch.Tensor, v: torch.Tensor, starts: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-row variant of `append` for samplers whose rows advance at different speeds (speculative
+        decoding keeps each row's own accepted length).
+
+        Row b writes its T entries at positions starts[b] .. starts[b]+T-1; whatever that row held from
+        starts[b] on is forgotten (its rollback). Returns the keys/values of positions [0, length) and a boolean
+        mask (B, 1, T, length), True = attend: query t of row b sees keys 0 .. starts[b]+t, so each row ignores
+        its own stale entries. `length` becomes max(starts) + T (the longest row); use `append_rows` for every
+        later write of that generation, since rows now differ.
+        """
+        t = k.shape[2]
+        starts = starts.to(device=self.k.device, dtype=torch.long)
+        if starts.shape != (k.shape[0],) or int(starts.min()) < 0:
+            raise ConfigError(f"starts must hold one non-negative position per row ({k.shape[0]}), "
+                              f"got {tuple(starts.shape)}")
+        end = int(starts.max()) + t
+        if end > self.max_len:
+            raise ConfigError(f"sequence of length {end} does not fit the KV cache of {self.max_len} positions; "
+                              f"allocate a longer cache (max_len) or shorten the sequence.")
+        pos = starts[:, None] + torch.arange(t, device=starts.device)  # (B, T)
+        rows = torch.arange(k.shape[0], device=starts.device)[:, None]
+        # Advanced indices around a slice put their dims first: self.k[rows, :, pos] is (B, T, H, D).
+        self.k[rows, :, pos] = k.transpose(1, 2).to(self.k.dtype)
+        self.v[rows, :, pos] = v.transpose(1, 2).to(self.v.dtype)
+        self.length = end
+        mask = torch.arange(end, device=starts.device)[None, None, None, :] <= pos[:, None, :, None]
+        return self.k[:, :, :end], self.v[:, :, :end], mask
+
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on (e.g. rejected speculative tokens)."""
         if not 0 <= length <= self.length:
