@@ -253,9 +253,10 @@ class GPT(PretrainedMixin, nn.Module):
         self.norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
 
-        # Deterministic, so not saved (the official checkpoints do not hold it either).
-        self.register_buffer("rope", rope_2d_table(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num),
-                             persistent=False)
+        # RoPE table: deterministic, so not saved (official checkpoints do not hold it either). A plain
+        # attribute built lazily on CPU in float32 and moved to the activations' device, NOT a buffer: a buffer
+        # would be rounded by model.to(bfloat16), the official table stays float32 whatever the model dtype.
+        self._rope: torch.Tensor | None = None
         self._caches: list[KVCache] | None = None
         self._init_weights()
 
@@ -266,6 +267,15 @@ class GPT(PretrainedMixin, nn.Module):
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, mean=0.0, std=std)
         nn.init.zeros_(self.output.weight)
+
+    def rope_rows(self, start: int, end: int, device: torch.device) -> torch.Tensor:
+        """RoPE (cos, sin) rows of absolute positions start..end-1, float32, on `device`."""
+        if self._rope is None or self._rope.device != device:
+            cfg = self.config
+            table = rope_2d_table(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num,
+                                  device=torch.device("cpu"))
+            self._rope = table.to(device)
+        return self._rope[start:end]
 
     # ----------------------------------------------------------------------------------------------
     # Input checks (cheap, before any compute)
@@ -311,7 +321,7 @@ class GPT(PretrainedMixin, nn.Module):
         cond = self.cls_embedding(cond_idx, train=self.training, force_drop_ids=force_drop_ids,
                                   generator=generator)
         h = self.tok_dropout(torch.cat([cond, self.tok_embeddings(idx)], dim=1))
-        rope = self.rope[:length]
+        rope = self.rope_rows(0, length, h.device)
         for layer in self.layers:
             h = layer(h, rope)
         logits = self.output(self.norm(h)).float()
@@ -394,7 +404,7 @@ class GPT(PretrainedMixin, nn.Module):
         if t > 1:  # causal inside the new window; every cached position is visible
             q_pos = torch.arange(start_pos, end, device=h.device)[:, None]
             mask = torch.arange(end, device=h.device)[None, :] <= q_pos
-        rope = self.rope[start_pos:end]
+        rope = self.rope_rows(start_pos, end, h.device)
         h = self.tok_dropout(h)
         for layer, cache in zip(self.layers, self._caches):
             h = layer(h, rope, cache, mask)

@@ -15,14 +15,15 @@ import torch
 from ..errors import ConfigError
 
 
-def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000, cls_token_num: int = 1) -> torch.Tensor:
+def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000, cls_token_num: int = 1,
+                  device: torch.device | str | None = None) -> torch.Tensor:
     """(cls_token_num + grid_size**2, head_dim // 2, 2) float32 table of (cos, sin), see module docstring."""
     if head_dim % 4 != 0:
         raise ConfigError(f"2D RoPE needs head_dim divisible by 4 (half for rows, half for columns, in pairs); "
                           f"got head_dim={head_dim}. Change dim / n_head.")
     half = head_dim // 2
     # Same float32 arithmetic as the official table, so positions match it to the last bit.
-    inv_freq = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))  # (head_dim // 4,)
+    inv_freq = 1.0 / (base ** (torch.arange(0, half, 2, device=device)[: half // 2].float() / half))  # (head_dim // 4,)
     angles = torch.outer(torch.arange(grid_size, device=inv_freq.device), inv_freq)  # (grid, head_dim // 4)
     grid_angles = torch.cat([
         angles[:, None, :].expand(-1, grid_size, -1),  # row index
