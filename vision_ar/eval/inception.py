@@ -175,3 +175,42 @@ class InceptionFeatures:
         for k, v in feats.items():
             check_finite(v, f"{k} features of {source.description}")
         return Features(pool=feats["pool"], logits=feats.get("logits"), spatial=feats.get("spatial"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Random weights (tests, smoke runs without the real file)
+# ----------------------------------------------------------------------------------------------------
+def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a torch-fidelity InceptionV3 state_dict with random weights to `path` (never for real numbers).
+
+    Convolutions get He-normal weights and BatchNorm identity statistics, so activations neither vanish nor
+    explode through the 90-odd layers and the features are O(1), which keeps metric comparisons meaningful.
+    """
+    from torch import nn
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from ..io import atomic_torch_save
+
+    class _Skeleton(FeatureExtractorInceptionV3):  # the architecture without loading any weights
+        def load_state_dict(self, *args, **kwargs):
+            return None
+
+    empty = io.BytesIO()
+    torch.save({}, empty)
+    empty.seek(0)
+    model = _Skeleton("inception-v3-compat", ["2048"], feature_extractor_weights_path=empty)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / m.weight[0].numel()) ** 0.5)
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+        model.fc.weight.copy_(torch.randn(model.fc.weight.shape, generator=g) * 0.05)
+        model.fc.bias.copy_(torch.randn(model.fc.bias.shape, generator=g) * 0.1)
+    state = {k: v.clone() for k, v in nn.Module.state_dict(model).items()}
+    atomic_torch_save(state, path)
+    return Path(path)
