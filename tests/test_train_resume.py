@@ -1,0 +1,203 @@
+"""Exact resume: a run killed with SIGKILL and started again ends bit-identical to one that never stopped.
+
+The tiny model has dropout (so the torch RNG matters), EMA is on, gradients are accumulated over 2
+micro-batches and the lr follows warmup + cosine; 96 Fashion-MNIST images make an epoch of 6 steps, so
+the resumed part crosses an epoch boundary. The killed run is a real subprocess (this file run as a
+script) that hangs inside the loss after its step-4 checkpoint and a step-6 log line, until we SIGKILL it.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vision_ar.io import PretrainedMixin
+from vision_ar.train import TrainConfig, TrainTask, train
+from vision_ar.train.checkpoint import LATEST, METRICS
+
+HERE = Path(__file__).resolve()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The tiny run, shared by the test process and the subprocess
+# ----------------------------------------------------------------------------------------------------
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 16, 3, 2, 1)
+        self.norm = nn.GroupNorm(4, 16)
+        self.drop = nn.Dropout(0.3)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.drop(self.norm(F.gelu(self.conv2(F.gelu(self.conv1(x))))))
+        return self.head(x.mean((2, 3)))
+
+
+class ClassifyTask(TrainTask):
+    def __init__(self, model, hang_at_step=None, marker=None):
+        super().__init__(model)
+        self.hang_at_step, self.marker = hang_at_step, marker
+
+    def loss(self, model, batch, step):
+        if step == self.hang_at_step:  # the subprocess waits here to be killed
+            Path(self.marker).write_text("hanging")
+            time.sleep(120)
+        x, y = batch
+        logits = model(x)
+        return F.cross_entropy(logits, y), {"acc": (logits.argmax(1) == y).float().mean().item()}
+
+
+def run_config(out_dir, max_steps=10) -> TrainConfig:
+    return TrainConfig(out_dir=str(out_dir), max_steps=max_steps, batch_size=16, grad_accum=2, lr=3e-3,
+                       weight_decay=0.05, warmup_steps=2, lr_schedule="cosine", min_lr_ratio=0.1, grad_clip=0.5,
+                       ema_decay=0.8, ema_warmup=True, ckpt_every=4, log_every=2, seed=7, progress=False)
+
+
+def run(out_dir, max_steps=10, hang_at_step=None, marker=None):
+    from vision_ar.data import FashionMNIST
+
+    torch.set_num_threads(1)  # the same thread count in every process: identical float reductions
+    torch.manual_seed(0)
+    task = ClassifyTask(TinyNet(), hang_at_step, marker)
+    return train(task, FashionMNIST("train", limit=96), run_config(out_dir, max_steps))
+
+
+def load(out_dir) -> dict:
+    return torch.load(Path(out_dir) / LATEST, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a, b, path="ckpt"):
+    """Recursive torch.equal over checkpoint dicts (RNG states, optimizer state, EMA, data position)."""
+    if isinstance(a, torch.Tensor):
+        if not (isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)):
+            raise AssertionError(f"{path} differs")
+    elif isinstance(a, dict):
+        assert set(a) == set(b), f"{path}: keys {sorted(set(a) ^ set(b))}"
+        for k in a:
+            if k != "config":  # holds out_dir, which differs between the two runs
+                assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, f"{path}: {a} != {b}"
+
+
+needs_fmnist = pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-labels-idx1-ubyte.gz").is_file(),
+                                  reason="apt-get install -y dataset-fashion-mnist")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tests
+# ----------------------------------------------------------------------------------------------------
+@needs_fmnist
+@pytest.mark.timeout(120)
+def test_sigkilled_run_resumes_bit_identical(tmp_path):
+    torch.set_num_threads(1)
+    ref = run(tmp_path / "ref")  # uninterrupted, in this process
+    assert ref.step == 10
+
+    killed, marker = tmp_path / "killed", tmp_path / "hanging"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(HERE), str(killed), "10", "6", str(marker)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 90
+        while not marker.exists():
+            if proc.poll() is not None:
+                pytest.fail(f"the subprocess ended early:\n{proc.stdout.read().decode()[-3000:]}")
+            if time.time() > deadline:
+                pytest.fail("the subprocess never reached step 6")
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)  # a real, unannounced kill
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert load(killed)["step"] == 4  # the last checkpoint before the kill
+    lines = [json.loads(l) for l in (killed / METRICS).read_text().splitlines()]
+    assert [l["step"] for l in lines] == [2, 4, 6]  # step 6 was logged, then lost with the kill
+
+    resumed = run(killed)  # same call: continues from latest.pt
+    assert resumed.step == 10
+    a, b = load(tmp_path / "ref"), load(killed)
+    assert_same_state(a, b)  # model, EMA, optimizer, data position, every RNG state
+    for (n, p), q in zip(ref.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), n
+    for p, q in zip(ref.ema_model.parameters(), resumed.ema_model.parameters()):
+        assert torch.equal(p, q)
+    # metrics.jsonl: exactly one line per log step, the lost step-6 line replaced by the resumed run's
+    ref_lines = [json.loads(l) for l in (tmp_path / "ref" / METRICS).read_text().splitlines()]
+    res_lines = [json.loads(l) for l in (killed / METRICS).read_text().splitlines()]
+    assert [l["step"] for l in res_lines] == [2, 4, 6, 8, 10] == [l["step"] for l in ref_lines]
+    assert [l["loss"] for l in res_lines] == [l["loss"] for l in ref_lines]
+    # a second call at max_steps does no work and leaves the weights alone
+    again = run(killed)
+    assert again.step == 10
+    assert_same_state(load(killed)["model"], a["model"])
+
+
+class FolderNet(TinyNet, PretrainedMixin):
+    """TinyNet that saves itself as a folder: the loop writes out_dir/final from the EMA weights."""
+
+    from dataclasses import dataclass as _dc
+
+    @_dc
+    class Config:
+        width: int = 8
+
+    config_class = Config
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = config or self.Config()
+
+
+@needs_fmnist
+def test_interrupted_in_process_resume_and_final_folder(tmp_path):
+    """The same guarantee through an exception after step 5 (a checkpoint at 4, keep_last history), and the
+    final EMA folder."""
+    from vision_ar.data import FashionMNIST
+
+    torch.set_num_threads(1)
+    data = FashionMNIST("train", limit=96)
+
+    def make(out, hang=None):
+        torch.manual_seed(0)
+        cfg = run_config(out, max_steps=8)
+        cfg.keep_last_ckpts = 1
+        return ClassifyTask(FolderNet(), hang, None), cfg
+
+    class Stop(Exception):
+        pass
+
+    task, cfg = make(tmp_path / "ref")
+    train(task, data, cfg)
+    task, cfg = make(tmp_path / "cut")
+    task.loss = (lambda orig: lambda model, batch, step: (_ for _ in ()).throw(Stop()) if step == 5
+                 else orig(model, batch, step))(task.loss)
+    with pytest.raises(Stop):
+        train(task, data, cfg)
+    assert load(tmp_path / "cut")["step"] == 4
+    task, cfg = make(tmp_path / "cut")
+    result = train(task, data, cfg)
+    assert_same_state(load(tmp_path / "ref"), load(tmp_path / "cut"))
+    assert sorted(p.name for p in (tmp_path / "cut").glob("ckpt_*.pt")) == ["ckpt_00000008.pt"]
+    final = FolderNet.from_pretrained(tmp_path / "cut" / "final")
+    for p, q in zip(final.parameters(), result.ema_model.parameters()):
+        assert torch.equal(p, q)
+
+
+if __name__ == "__main__":  # subprocess entry: OUT_DIR MAX_STEPS HANG_AT_STEP MARKER
+    out, steps, hang, mark = sys.argv[1:5]
+    run(out, int(steps), int(hang), mark)

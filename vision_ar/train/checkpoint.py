@@ -1,0 +1,100 @@
+"""Training checkpoints: everything needed to continue a run as if it had never stopped.
+
+`out_dir/latest.pt` is written to a temporary name and renamed (vision_ar.io.atomic_torch_save), so a crash
+during the write leaves the previous latest.pt intact. With keep_last_ckpts = k > 0 the last k checkpoints
+are also kept as `ckpt_<step>.pt` (hard links to the same bytes). The file is read back with
+torch.load(weights_only=True): only tensors, numbers, strings, lists, tuples and dicts are stored (the
+numpy RNG state is converted to a tensor for that reason).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from ..io import atomic_torch_save, atomic_write_text, load_checkpoint
+
+CKPT_FORMAT = "vision_ar.train_ckpt.v1"
+LATEST = "latest.pt"
+METRICS = "metrics.jsonl"
+
+
+# ----------------------------------------------------------------------------------------------------
+# RNG states (python, numpy, torch CPU, every CUDA device)
+# ----------------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        if len(state["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        else:  # another machine shape: keep at least the current device's stream reproducible
+            torch.cuda.set_rng_state(state["cuda"][torch.cuda.current_device() % len(state["cuda"])])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------------
+def save_training_checkpoint(state: dict, out_dir: Path, step: int, keep_last: int = 0) -> Path:
+    """Write latest.pt atomically; keep `keep_last` step-numbered copies (hard links) and prune older ones."""
+    out_dir = Path(out_dir)
+    latest = out_dir / LATEST
+    atomic_torch_save({"format": CKPT_FORMAT, **state}, latest)
+    if keep_last > 0:
+        numbered = out_dir / f"ckpt_{step:08d}.pt"
+        tmp = out_dir / f".{numbered.name}.link"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(latest, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(latest, tmp)
+        os.replace(tmp, numbered)
+        for old in sorted(out_dir.glob("ckpt_*.pt"))[:-keep_last]:
+            old.unlink(missing_ok=True)
+    return latest
+
+
+def load_training_checkpoint(path: Path) -> dict:
+    ckpt = load_checkpoint(path, what="training checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path} is not a vision_ar training checkpoint (format "
+                              f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}). "
+                              f"Use another out_dir, or pass resume=False to start over (it will be overwritten).")
+    return ckpt
+
+
+def truncate_metrics(out_dir: Path, step: int) -> None:
+    """Drop metric lines logged after `step` (by a run killed after its last checkpoint): the resumed run
+    logs those steps again, so the file keeps exactly one line per log step."""
+    path = Path(out_dir) / METRICS
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by the kill
+    atomic_write_text("".join(k + "\n" for k in keep), path)
