@@ -78,6 +78,11 @@ class SJDStats:
     def mean_accepted_length(self) -> float:
         return sum(self.accepted_lengths) / max(len(self.accepted_lengths), 1)
 
+    def summary(self) -> dict:
+        """What `vision-ar sample` prints for a run (keys shared with the other samplers)."""
+        return {"forward_passes": self.forwards, "forwards_per_image": round(self.forwards_per_image, 3),
+                "mean_accept_length": round(self.mean_accepted_length, 3), "accept_histogram": self.histogram()}
+
     @property
     def forwards_per_image(self) -> float:
         """Forwards an image needs on its own: the prefill + the windows in which it committed tokens (the batch
@@ -138,6 +143,28 @@ def _grid_width(num_tokens: int, grid_width: int | None, init: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Random numbers: all from one generator, drawn on the generator's device and moved (the CLI seeds a CPU
+# generator also for CUDA runs; the same seed then gives the same draws on every device)
+# ----------------------------------------------------------------------------------------------------------
+def _draw_device(generator, device):
+    return generator.device if generator is not None else device
+
+
+def _uniform(shape, generator, device):
+    return torch.rand(shape, generator=generator, device=_draw_device(generator, device)).to(device)
+
+
+def _inv_exponential(shape, generator, device):
+    """1 / E with E ~ Exp(1): the weights of the exponential race argmax(p * w), which draws from p."""
+    e = torch.empty(shape, device=_draw_device(generator, device)).exponential_(generator=generator)
+    return e.reciprocal_().to(device)
+
+
+def _uniform_tokens(vocab, shape, generator, device):
+    return torch.randint(0, vocab, shape, generator=generator, device=_draw_device(generator, device)).to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Draft initialisation: fill the window's empty draft slots left to right
 # ----------------------------------------------------------------------------------------------------------
 def _init_drafts(tokens, draft_q, committed, carried, last_argmax, init, width, vocab, generator):
@@ -152,7 +179,7 @@ def _init_drafts(tokens, draft_q, committed, carried, last_argmax, init, width, 
     B, N = tokens.shape
     slots = draft_q.shape[1]
     rows = torch.arange(B, device=tokens.device)
-    uniform = torch.randint(0, vocab, (B, slots), generator=generator, device=tokens.device)
+    uniform = _uniform_tokens(vocab, (B, slots), generator, tokens.device)
     for j in range(slots):
         pos = committed + j
         fresh = (j >= carried) & (pos < N)
@@ -233,8 +260,7 @@ def sjd_generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, c
 
     def race(probs: torch.Tensor) -> torch.Tensor:
         """One draw per row of probs (..., V) by the exponential race (same law as torch.multinomial)."""
-        inv_exp = torch.empty_like(probs).exponential_(generator=generator).reciprocal_()
-        return (probs * inv_exp).argmax(-1)
+        return (probs * _inv_exponential(probs.shape, generator, probs.device)).argmax(-1)
 
     was_training = model.training
     model.eval()
@@ -292,8 +318,8 @@ def sjd_generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, c
             drafts = tokens.gather(1, draft_pos)
 
             # --- random numbers: fixed shapes per window, one generator ------------------------------------
-            uniforms = torch.rand(B, K, generator=generator, device=device)
-            inv_exp = torch.empty(B, V, device=device).exponential_(generator=generator).reciprocal_()
+            uniforms = _uniform((B, K), generator, device)
+            inv_exp = _inv_exponential((B, V), generator, device)
             fresh = race(aligned)                     # a sample from every p: bonus token and next drafts
 
             num_accepted, resampled = step(aligned[:, :K], draft_q[:, :K], drafts,
