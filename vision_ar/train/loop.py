@@ -161,6 +161,13 @@ def make_optimizer(groups: list[dict], lr: float, cfg: TrainConfig) -> torch.opt
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
+def keep_base_lrs(opt: torch.optim.Optimizer, base_lrs: list[float]) -> None:
+    """After loading an optimizer state, the learning rates of THIS run's config win (a resumed run may
+    change lr); the moments and step counts come from the checkpoint."""
+    for g, lr in zip(opt.param_groups, base_lrs):
+        g["base_lr"] = lr
+
+
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32."""
     if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
@@ -250,7 +257,9 @@ def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: D.DistI
     if resume and latest.is_file():
         ckpt = load_training_checkpoint(latest)
         D.load_model_state_dict(raw, ckpt["model"])
+        base_lrs = [g["base_lr"] for g in opt.param_groups]
         D.load_optimizer_state_dict(raw, opt, ckpt["optimizer"])
+        keep_base_lrs(opt, base_lrs)
         if ema is not None:
             if ckpt.get("ema") is None:
                 raise CheckpointError(f"{latest} has no EMA but ema_decay={cfg.ema_decay}: resume with "
@@ -260,7 +269,9 @@ def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: D.DistI
             if ckpt.get("discriminator") is None:
                 raise CheckpointError(f"{latest} has no discriminator state but the task has a discriminator.")
             D.load_model_state_dict(disc_raw, ckpt["discriminator"])
+            disc_base = [g["base_lr"] for g in disc_opt.param_groups]
             disc_opt.load_state_dict(ckpt["disc_optimizer"])
+            keep_base_lrs(disc_opt, disc_base)
         stream.load_state_dict(ckpt["data"])
         step = last_ckpt_step = int(ckpt["step"])
         nonfinite_in_row = int(ckpt.get("nonfinite_in_row", 0))
@@ -308,14 +319,20 @@ def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: D.DistI
     def run_phase(net: nn.Module, loss_fn, micro_batches: list, opt_: torch.optim.Optimizer,
                   params_: list[torch.Tensor], prefix: str) -> tuple[bool, dict]:
         """Accumulate gradients over the micro-batches, clip, and step unless non-finite."""
-        loss_sum, metric_sums = torch.zeros((), device=device), {}
+        loss_sum, metric_sums, used = torch.zeros((), device=device), {}, 0
         for i, mb in enumerate(micro_batches):
             with D.maybe_no_sync(net, skip_sync=i < len(micro_batches) - 1), autocast():
                 loss, metrics = loss_fn(mb)
+            if loss is None:  # the task has nothing to train this step (e.g. before its discriminator starts)
+                continue
             (loss / len(micro_batches)).backward()
             loss_sum += loss.detach().float()
+            used += 1
             for k, v in (metrics or {}).items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v)
+        if used == 0:
+            opt_.zero_grad(set_to_none=True)
+            return True, {}
         norm = grad_norm_and_clip(params_, cfg.grad_clip)
         # One sync per step: the skip decision must be the same on every rank.
         both = D.all_reduce_mean(torch.stack([loss_sum / len(micro_batches), norm.float().to(device)]), info)

@@ -11,7 +11,8 @@ and optionally
     discriminator                           nn.Module of a GAN tokenizer (None = no GAN)
     disc_loss(model, disc, batch, step)     -> (scalar loss tensor, metrics); trained by a second AdamW with
                                                the same schedule, stepped after the generator, from
-                                               TrainConfig.disc_start_step on
+                                               TrainConfig.disc_start_step on; a None loss = nothing
+                                               to train for this step
     on_checkpoint(step, out_dir, model, ema_model)   called on rank 0 after each checkpoint (samples, evals)
 
 `model` passed to `loss` is the wrapped module (DDP/FSDP): call it (forward) so gradients are synchronised;
