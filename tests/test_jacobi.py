@@ -243,7 +243,7 @@ def test_sjd_matches_plain_loop_on_real_gpt():
 
 def test_report_p_values(capsys):
     with capsys.disabled():
-        print("\nSJD chi-squared p-values:", {k: round(v, 4) for k, v in P_VALUES.items()})
+        print("\nSJD chi-squared p-values:", {k: f"{v:.3g}" for k, v in P_VALUES.items()})
 
 
 # ----------------------------------------------------------------------------------------------------------
