@@ -10,20 +10,45 @@ this layout (keys below are exactly the official ones):
              conv_blocks.{j}.attn.{i} (deepest level only), conv_blocks.{j}.upsample.conv (all but the last), ...
     AttnBlock: norm, q, k, v, proj_out  (three separate 1x1 convs; VAR fuses them into one `qkv`)
 
-The residual block, the (asymmetric-pad) downsampler and the nearest-neighbour upsampler compute and name
-their parameters exactly like the shared ones in `vision_ar/nn/conv_blocks.py`, so those are reused.
+The (asymmetric-pad) downsampler, the nearest-neighbour upsampler and GroupNorm(32, eps 1e-6) are exactly the
+shared ones in `vision_ar/nn/conv_blocks.py` and are reused. The residual block is re-stated here because
+LlamaGen's swish is `x * sigmoid(x)`, which rounds differently from `F.silu` (1 ulp); with it the encoder output,
+codes and reconstructions are bit-identical to the official ones on CPU instead of ~1e-6 apart, which keeps
+nearest-code near-ties falling the same way.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..nn.attention import attend
-from ..nn.conv_blocks import Downsample2x, ResnetBlock, Upsample2x, group_norm
+from ..nn.conv_blocks import Downsample2x, Upsample2x, group_norm
+
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    """The official nonlinearity, written as LlamaGen writes it (see the module docstring)."""
+    return x * torch.sigmoid(x)
+
+
+class ResnetBlock(nn.Module):
+    """x + conv2(dropout(swish(norm2(conv1(swish(norm1(x))))))); a 1x1 `nin_shortcut` when the width changes."""
+
+    def __init__(self, in_channels: int, out_channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm2 = group_norm(out_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1)
+        self.nin_shortcut = (nn.Conv2d(in_channels, out_channels, kernel_size=1) if in_channels != out_channels
+                             else nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(swish(self.norm1(x)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        return self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -40,10 +65,12 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         n = self.norm(x)
-        # (B, C, H, W) -> (B, 1 head, HW, C)
-        q, k, v = (conv(n).reshape(b, 1, c, h * w).transpose(-1, -2) for conv in (self.q, self.k, self.v))
-        out = attend(q, k, v, scale=c ** -0.5)
-        return x + self.proj_out(out.transpose(-1, -2).reshape(b, c, h, w))
+        q, k, v = (conv(n).reshape(b, c, h * w) for conv in (self.q, self.k, self.v))
+        # Explicit matmuls in the official order (not SDPA): the encoder output feeds an argmin, so we keep
+        # its rounding as close to the official one as possible.
+        weights = torch.softmax(torch.bmm(q.transpose(1, 2), k) * (c ** -0.5), dim=2)  # (B, HW_q, HW_k)
+        out = torch.bmm(v, weights.transpose(1, 2))  # (B, C, HW_q)
+        return x + self.proj_out(out.reshape(b, c, h, w))
 
 
 def _check_widths(ch: int, ch_mult: Sequence[int], num_res_blocks: int) -> None:
@@ -99,7 +126,7 @@ class Encoder(nn.Module):
                 h = stage.downsample(h)
         for block in self.mid:
             h = block(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(swish(self.norm_out(h)))
 
 
 class Decoder(nn.Module):
@@ -145,4 +172,4 @@ class Decoder(nn.Module):
                     h = stage.attn[i](h)
             if hasattr(stage, "upsample"):
                 h = stage.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(swish(self.norm_out(h)))
