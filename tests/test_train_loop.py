@@ -1,5 +1,5 @@
 """The training loop's parts: schedule, NaN guard, metrics file, atomic checkpoints, EMA, GAN phase, switches,
-and a 2-process DDP run (gloo on CPU, launched with torchrun) that resumes exactly."""
+and 2-process DDP and FSDP runs (gloo on CPU, launched with torchrun) that resume exactly."""
 import json
 import math
 import os
@@ -163,6 +163,15 @@ def test_ema_is_the_average_of_the_trained_weights(tmp_path):
     for (name, p), e in zip(result.model.named_parameters(), result.ema_model.parameters()):
         assert not torch.equal(p, start[name])
         torch.testing.assert_close(e, 0.75 * start[name] + 0.25 * p)
+    class Hook(Regress):
+        calls = []
+
+        def on_checkpoint(self, step, out_dir, model, ema_model):
+            self.calls.append((step, ema_model is not None and not ema_model.training))
+
+    hooked = Hook(nn.Linear(6, 1))
+    train(hooked, make_data(), cfg_for(tmp_path, out_dir=str(tmp_path / "hook"), max_steps=3, ema_decay=0.5))
+    assert hooked.calls == [(2, True), (3, True)]
     res2 = train(Regress(nn.Linear(6, 1)), make_data(),
                  cfg_for(tmp_path, out_dir=str(tmp_path / "r2"), max_steps=5, ema_decay=0.9, ema_every=2))
     assert torch.load(tmp_path / "r2" / LATEST, weights_only=True)["ema"]["num_updates"] == 2
@@ -248,11 +257,16 @@ def ddp_worker(out_root: str) -> None:
     train(Regress(), make_data(n=40), cfg_for(root, out_dir=str(root / "split"), max_steps=2, **kw))
     res = train(Regress(), make_data(n=40), cfg_for(root, out_dir=str(root / "split"), max_steps=4, **kw))
     torch.save(res.model.state_dict(), root / f"rank{rank}.pt")
+    # FSDP2 (fully_shard) through the same loop: sharded weights, full-state checkpoints, exact resume
+    kw["fsdp"] = True
+    train(Regress(), make_data(n=40), cfg_for(root, out_dir=str(root / "fsdp"), max_steps=4, **kw))
+    train(Regress(), make_data(n=40), cfg_for(root, out_dir=str(root / "fsdp_split"), max_steps=2, **kw))
+    train(Regress(), make_data(n=40), cfg_for(root, out_dir=str(root / "fsdp_split"), max_steps=4, **kw))
     dist.destroy_process_group()
 
 
 @pytest.mark.timeout(120)
-def test_ddp_two_processes_agree_and_resume(tmp_path):
+def test_ddp_and_fsdp_two_processes_agree_and_resume(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(HERE), str(tmp_path)], env=env, capture_output=True, text=True, timeout=110)
@@ -265,6 +279,12 @@ def test_ddp_two_processes_agree_and_resume(tmp_path):
     for part in ("model", "optimizer", "ema", "data", "rng"):
         assert _equal(a[part], b[part]), part
     assert [l["step"] for l in read_metrics(tmp_path / "split")] == [1, 2, 3, 4]
+    f = torch.load(tmp_path / "fsdp" / LATEST, weights_only=True)
+    g = torch.load(tmp_path / "fsdp_split" / LATEST, weights_only=True)
+    for part in ("model", "optimizer", "ema", "data", "rng"):
+        assert _equal(f[part], g[part]), f"fsdp {part}"
+    for k in a["model"]:  # sharding changes reduction order only: FSDP ~ DDP
+        torch.testing.assert_close(f["model"][k], a["model"][k], rtol=1e-5, atol=1e-6)
 
 
 def _equal(a, b) -> bool:

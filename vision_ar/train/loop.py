@@ -43,7 +43,7 @@ from .checkpoint import (LATEST, METRICS, capture_rng_state, load_training_check
 from .config import TrainConfig
 from .ema import EMA
 from .schedule import lr_multiplier, set_lr
-from .task import default_param_groups, unwrap
+from .task import TrainTask, default_param_groups
 
 
 class NonFiniteLossError(VisionARError, FloatingPointError):
@@ -309,8 +309,10 @@ def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: D.DistI
         }
         if info.is_main:
             save_training_checkpoint(state, out_dir, step, cfg.keep_last_ckpts)
-            if hasattr(task, "on_checkpoint"):
-                task.on_checkpoint(step, out_dir, raw, ema_model())
+            hook = getattr(task, "on_checkpoint", None)
+            if hook is not None and getattr(hook, "__func__", None) is not TrainTask.on_checkpoint:
+                task.on_checkpoint(step, out_dir, raw, ema_model())  # (the EMA copy is built only when needed)
+                raw.train()
         D.barrier(info)
 
     # ---- one optimizer step -------------------------------------------------------------------------------
