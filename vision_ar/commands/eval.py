@@ -116,7 +116,7 @@ def run(args) -> int:
         if rank != 0:
             return 0
 
-        samples = export_adm_npz(out_dir, spec, out_dir / "samples.npz")
+        samples = export_adm_npz(out_dir, spec, out_dir / "samples.npz", progress=progress)
         extractor = InceptionFeatures(args.inception_weights, device=device, fid_layer=args.fid_layer,
                                       batch_size=args.inception_batch_size)
         src = images_side(NpzImageSource(samples), extractor, limit=args.num, progress=progress)

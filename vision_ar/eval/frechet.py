@@ -7,9 +7,9 @@ evaluator takes `trace(scipy.linalg.sqrtm(S1 @ S2))`; both work on the non-symme
 rank-deficient covariances (fewer samples than feature dimensions, dead features) has tiny negative or complex
 eigenvalues, so sqrtm can return NaN/inf and the eigvals route picks up noise.
 
-We use the identity  tr((S1 S2)^(1/2)) = tr((A S2 A)^(1/2)) = sum of singular values of A B, with
-A = S1^(1/2), B = S2^(1/2) taken from `eigh` of the symmetric covariances (real eigenvalues; round-off
-negatives clipped to zero). This stays finite for singular covariances and agrees with the
+We use the identity  tr((S1 S2)^(1/2)) = tr((A S2 A)^(1/2)) with A = S1^(1/2): A comes from `eigh` of the
+symmetric S1 and A S2 A is symmetric PSD, so every eigenvalue involved is real; round-off ones (negative, or
+below n * eps * largest) are treated as the zeros they are. This stays finite for singular covariances and agrees with the
 two reference implementations to ~1e-12 relative on well-conditioned ones.
 """
 from __future__ import annotations
@@ -55,23 +55,30 @@ def feature_statistics(features: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------------------------------
 # Distance
 # ----------------------------------------------------------------------------------------------------
+def _noise_floor(evals: np.ndarray) -> float:
+    """Eigenvalues below this are round-off of a PSD matrix (n * eps * largest), i.e. zero."""
+    return max(float(evals.max()), 0.0) * evals.shape[0] * np.finfo(np.float64).eps
+
+
 def _psd_sqrt(sym: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric PSD matrix; round-off negative eigenvalues are clipped to zero."""
-    sym = (sym + sym.T) / 2.0
-    evals, evecs = np.linalg.eigh(sym)
-    root = np.sqrt(np.clip(evals, 0.0, None))
-    return (evecs * root) @ evecs.T
+    """Square root of a symmetric PSD matrix; round-off eigenvalues (negative or below the noise floor) -> 0."""
+    evals, evecs = np.linalg.eigh((sym + sym.T) / 2.0)
+    evals = np.where(evals > _noise_floor(evals), evals, 0.0)
+    return (evecs * np.sqrt(evals)) @ evecs.T
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr((sigma1 @ sigma2)^(1/2)) computed through symmetric matrices only (see module docstring).
+    """tr((sigma1 @ sigma2)^(1/2)) = sum of sqrt(eigenvalues of A sigma2 A), A = sigma1^(1/2) (module docstring).
 
-    With A = sigma1^(1/2) and B = sigma2^(1/2), (AB)(AB)^T = A sigma2 A, so the trace we want is the sum of the
-    singular values of AB (its nuclear norm). Taking singular values directly, instead of square roots of the
-    eigenvalues of A sigma2 A, keeps round-off in the null space at ~1e-16 rather than ~1e-8.
+    One eigendecomposition with vectors (for A) and one eigenvalues-only call: ~3x cheaper than sqrtm.
+    Eigenvalues of A sigma2 A under the noise floor are exact zeros whose round-off would otherwise add
+    sqrt(1e-16) ~ 1e-8 per null direction; they are set to zero.
     """
-    a, b = _psd_sqrt(sigma1), _psd_sqrt(sigma2)
-    return float(np.linalg.svd(a @ b, compute_uv=False).sum())
+    a = _psd_sqrt(sigma1)
+    middle = a @ sigma2 @ a
+    evals = np.linalg.eigvalsh((middle + middle.T) / 2.0)
+    evals = np.where(evals > _noise_floor(evals), evals, 0.0)
+    return float(np.sqrt(evals).sum())
 
 
 def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:

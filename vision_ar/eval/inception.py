@@ -125,11 +125,19 @@ class InceptionFeatures:
         self.weights_path = resolve_inception_weights(weights)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.fid_layer, self.batch_size = fid_layer, int(batch_size)
-        self.model = build_torch_fidelity_inception(self.weights_path, [fid_layer, "logits_unbiased"]).to(self.device)
+        self.with_spatial = spatial
+        self._model = None  # built on first use: cached references and statistics files never need it
         self._weights_sha256 = None
         self._spatial = None
-        if spatial:
-            self.model.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+
+    @property
+    def model(self):
+        if self._model is None:
+            model = build_torch_fidelity_inception(self.weights_path, [self.fid_layer, "logits_unbiased"])
+            if self.with_spatial:
+                model.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
+            self._model = model.to(self.device)
+        return self._model
 
     def _keep_spatial(self, module, inputs, output):
         # B x 192 x 17 x 17 -> first 7 channels, TF's H, W, C order, flattened to B x 2023.
@@ -209,8 +217,8 @@ def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Pat
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
                 m.running_mean.zero_()
                 m.running_var.fill_(1.0)
-        model.fc.weight.copy_(torch.randn(model.fc.weight.shape, generator=g) * 0.05)
-        model.fc.bias.copy_(torch.randn(model.fc.bias.shape, generator=g) * 0.1)
+        model.fc.weight.copy_(torch.randn(model.fc.weight.shape, generator=g) * 0.5)
+        model.fc.bias.copy_(torch.randn(model.fc.bias.shape, generator=g) * 0.1)  # IS uses unbiased logits
     state = {k: v.clone() for k, v in nn.Module.state_dict(model).items()}
     atomic_torch_save(state, path)
     return Path(path)

@@ -190,7 +190,8 @@ def check_complete(out_dir: str | os.PathLike, spec: SampleSpec) -> list[Path]:
     return [p for _, _, p in shards]
 
 
-def export_adm_npz(out_dir: str | os.PathLike, spec: SampleSpec, out_path: str | os.PathLike) -> Path:
+def export_adm_npz(out_dir: str | os.PathLike, spec: SampleSpec, out_path: str | os.PathLike,
+                   progress: bool = True) -> Path:
     """Write all samples of a finished run as the ADM layout (arr_0 uint8 N x H x W x 3, arr_1 labels)."""
     paths = check_complete(out_dir, spec)
     labels, size = [], None
@@ -210,7 +211,9 @@ def export_adm_npz(out_dir: str | os.PathLike, spec: SampleSpec, out_path: str |
         labels.append(lab)
 
     def chunks():
-        for p in paths:
+        from tqdm.auto import tqdm
+
+        for p in tqdm(paths, desc=f"export {out_path}", unit="shard", disable=not progress):
             with np.load(p, allow_pickle=False) as z:
                 yield z["images"]
 
