@@ -492,3 +492,13 @@ var_d20 = _register("var-d20", 20, desc="VAR-d20, 256px, 600M params")
 var_d24 = _register("var-d24", 24, desc="VAR-d24, 256px, 1.0B params")
 var_d30 = _register("var-d30", 30, desc="VAR-d30, 256px, 2.0B params")
 var_d36 = _register("var-d36", 36, PATCH_NUMS_512, shared_aln=True, desc="VAR-d36, 512px, shared AdaLN, 2.3B params")
+
+
+@register_preset("var-fmnist", family="var",
+                 description="small VAR for 32x32 Fashion-MNIST (10 classes) on var-vqvae-fmnist codes")
+def var_fmnist(**overrides) -> VAR:
+    # Narrow and shallow so that it trains on 2 CPU cores in under an hour; patch_nums match var-vqvae-fmnist.
+    cfg = VARConfig(vocab_size=1024, Cvae=32, num_classes=10, depth=6, embed_dim=256, num_heads=4,
+                    mlp_ratio=4.0, drop_path_rate=0.0, cond_drop_rate=0.1, attn_l2_norm=True,
+                    patch_nums=(1, 2, 3, 4, 6, 8))
+    return VAR(cfg.replace(**overrides))

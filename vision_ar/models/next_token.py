@@ -500,3 +500,13 @@ def _register(size: str, image_size: int):
 for _size in _SIZES:
     for _res in _RESOLUTIONS:
         _register(_size, _res)
+
+
+@register_preset("gpt-fmnist", family="next-token",
+                 description="small LlamaGen-style GPT for Fashion-MNIST (10 classes, 8x8 vq-fmnist codes)")
+def gpt_fmnist(**overrides):
+    # Dropout off: the CPU budget allows only a few epochs, far from overfitting.
+    cfg = dict(dim=256, n_layer=6, n_head=4, multiple_of=64, vocab_size=1024, num_classes=10, cls_token_num=1,
+               block_size=64, token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0, class_dropout_prob=0.1)
+    cfg.update(overrides)
+    return GPT(GPTConfig(**cfg))

@@ -55,7 +55,7 @@ def load_pipeline(name_or_folder: str, device: str = "cpu", **official_paths):
                               + " and ".join(f"--{k} PATH" for k in missing)
                               + " (the official vae_ch160v4096z32.pth and var_d*.pth files)")
         return VARPipeline.from_official(preset.name, official_paths["vae"], official_paths["checkpoint"], device)
-    if preset.family == "gpt":
+    if preset.family == "next-token":
         from .gpt import GPTPipeline
 
         missing = [k for k in ("vq", "checkpoint") if not official_paths.get(k)]

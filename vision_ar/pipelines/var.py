@@ -74,13 +74,10 @@ class VARPipeline:
     @classmethod
     def from_official(cls, preset: str, vae_path: str, checkpoint_path: str, device: str = "cpu"):
         """An official VAR release: `vae_ch160v4096z32.pth` + `var_d{16,20,24,30,36}.pth`, loaded as they are."""
-        from ..io import load_checkpoint, load_state_dict_strict, unwrap_state_dict
-        from ..registry import create
+        from ..models.next_scale import VAR
+        from ..tokenizers.multiscale import from_official_checkpoint
 
-        vae = create("var-vqvae-f16" if preset != "var-d36" else "var-vqvae-f16-512")
-        load_state_dict_strict(vae, unwrap_state_dict(load_checkpoint(vae_path, "VAR VQ-VAE checkpoint")),
-                               what=str(vae_path))
-        var = create(preset)
-        load_state_dict_strict(var, unwrap_state_dict(load_checkpoint(checkpoint_path, f"{preset} checkpoint")),
-                               what=str(checkpoint_path))
+        var = VAR.from_official_checkpoint(checkpoint_path, preset=preset)
+        # The 512px model (var-d36) uses the same VQ-VAE weights with its own scale schedule.
+        vae = from_official_checkpoint(vae_path, patch_nums=var.config.patch_nums)
         return cls(vae, var).to(device)

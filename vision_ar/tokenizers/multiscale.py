@@ -219,6 +219,16 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         return self.decoder(self.post_quant_conv(f_hat)), usages, vq_loss
 
 
+    def training_forward(self, images: torch.Tensor):
+        """The tokenizer-training interface (vision_ar.train.tokenizer_task): (reconstruction, vq_loss, stats)."""
+        rec, usages, vq_loss = self(images, ret_usages=True)
+        stats = {}
+        if usages:
+            stats = {"code_usage_first_scale": usages[0], "code_usage_last_scale": usages[-1],
+                     "code_usage_mean": sum(usages) / len(usages)}
+        return rec, vq_loss, stats
+
+
 # ----------------------------------------------------------------------------------------------------
 # Presets and the official checkpoint
 # ----------------------------------------------------------------------------------------------------
@@ -244,3 +254,13 @@ def from_official_checkpoint(path, **overrides) -> MultiScaleVQVAE:
         sd[key] = model.quantize.ema_vocab_hit_SV.clone()
     load_state_dict_strict(model, sd, what=f"VAR VQ-VAE checkpoint {path}")
     return model.eval()
+
+
+@register_preset("var-vqvae-fmnist", family="var-tokenizer",
+                 description="small multi-scale VQ-VAE for 32x32 Fashion-MNIST: f4, 8x8 latent, V1024, 6 scales")
+def var_vqvae_fmnist(**overrides) -> MultiScaleVQVAE:
+    # f4 (ch_mult of 3 levels) keeps an 8x8 latent for 32x32 images; no attention (cheap on CPU).
+    cfg = MultiScaleVQVAEConfig(vocab_size=1024, z_channels=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                                share_quant_resi=4, patch_nums=(1, 2, 3, 4, 6, 8), test_mode=False,
+                                using_sa=False, using_mid_sa=False)
+    return MultiScaleVQVAE(dataclasses.replace(cfg, **overrides))

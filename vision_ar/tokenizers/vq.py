@@ -233,6 +233,13 @@ class VQModel(PretrainedMixin, nn.Module):
         quant, losses, usage, _ = self.quantize(self.quant_conv(self.encoder(images)))
         return self.decode_latents(quant), losses, usage
 
+    def training_forward(self, images: torch.Tensor):
+        """The tokenizer-training interface (vision_ar.train.tokenizer_task): (reconstruction, vq_loss, stats)."""
+        rec, (vq_loss, commit_loss, entropy_loss), usage = self(images)
+        quant_loss = sum(l for l in (vq_loss, commit_loss, entropy_loss) if torch.is_tensor(l))
+        stats = {"codebook_usage": float(usage)} if usage is not None else {}
+        return rec, quant_loss, stats
+
     # --- official checkpoints ------------------------------------------------------------------------
     def load_official_state_dict(self, sd) -> "VQModel":
         sd = unwrap_state_dict(sd, prefer=("model", "state_dict", "ema"))
@@ -262,3 +269,11 @@ def vq_16(**overrides) -> VQModel:
 @register_preset("vq-8", family="vq-tokenizer", description="LlamaGen VQ-8: 8x downsampling, 16384 x 8 codebook")
 def vq_8(**overrides) -> VQModel:
     return VQModel(VQConfig(**{"encoder_ch_mult": (1, 2, 2, 4), "decoder_ch_mult": (1, 2, 2, 4), **overrides}))
+
+
+@register_preset("vq-fmnist", family="vq-tokenizer",
+                 description="small LlamaGen-style VQ for 32x32 Fashion-MNIST: f4, 8x8 codes, 1024 x 8 l2-normalised codebook")
+def vq_fmnist(**overrides) -> VQModel:
+    cfg = {"codebook_size": 1024, "codebook_embed_dim": 8, "encoder_ch_mult": (1, 2, 2), "decoder_ch_mult": (1, 2, 2),
+           "z_channels": 64, "ch": 32, "num_res_blocks": 1, "dropout_p": 0.0}
+    return VQModel(VQConfig(**{**cfg, **overrides}))

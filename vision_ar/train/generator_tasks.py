@@ -43,7 +43,8 @@ class NextTokenTask:
     def loss(self, model, batch, step):
         tokens, labels = batch[0], batch[1]
         tokens = tokens.flatten(1)
-        logits = model(tokens, labels)  # (B, N, V): position i predicts tokens[:, i]
+        # Feed the class token + tokens[:-1]; logits[:, i] predicts tokens[:, i].
+        logits, _ = model(tokens[:, :-1], labels)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), label_smoothing=self.label_smoothing)
         with torch.no_grad():
             acc = (logits.argmax(-1) == tokens).float().mean().item()

@@ -1,0 +1,86 @@
+"""`vision-ar train`: one command for every tokenizer and generator, all through the one training loop.
+
+    # 1. the tokenizer (images -> tokens)
+    vision-ar train tokenizer --model var-vqvae-fmnist --data fashion-mnist --out runs/fm_vae --steps 6000
+    # 2. the generator on cached codes of that tokenizer
+    vision-ar train generator --model var-fmnist --tokenizer runs/fm_vae/final --data fashion-mnist \
+        --out runs/fm_var --steps 8000
+    # the run folder then holds `pipeline/`, loadable by `vision-ar sample --model runs/fm_var/pipeline`
+
+`--model` is a registered preset (see `vision-ar train --list`) or a config.json; `--model-set k=v` overrides
+model config fields and `--set k=v` overrides TrainConfig fields (lr, batch_size, grad_accum, ema_decay,
+ckpt_every...). Killing a run and starting the same command again resumes it exactly.
+Distributed: `torchrun --nproc_per_node 8 -m vision_ar.cli train ...`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from ..errors import ConfigError
+
+
+def add_parser(sub):
+    p = sub.add_parser("train", help="train a tokenizer or a generator", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("tokenizer", "generator"), nargs="?")
+    p.add_argument("--list", action="store_true", help="list the model presets and exit")
+    p.add_argument("--model", help="preset name or path to a config.json")
+    p.add_argument("--model-set", action="append", default=[], metavar="K=V", help="override a model config field")
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageNet-style class folder")
+    p.add_argument("--image-size", type=int, default=None, help="centre-crop size for a class folder (256/512)")
+    p.add_argument("--tokenizer", help="generator training: the trained tokenizer folder")
+    p.add_argument("--out", help="run folder (checkpoints, metrics.jsonl, final/ and pipeline/)")
+    p.add_argument("--steps", type=int, help="optimizer steps")
+    p.add_argument("--set", action="append", default=[], metavar="K=V", help="override a TrainConfig field")
+    # tokenizer loss options
+    p.add_argument("--lpips-weight", type=float, default=0.0)
+    p.add_argument("--lpips-vgg", help="torchvision vgg16 state_dict (local file)")
+    p.add_argument("--lpips-lin", help="LPIPS linear weights vgg.pth (local file)")
+    p.add_argument("--disc-weight", type=float, default=0.0, help="> 0 turns the PatchGAN loss on")
+    p.add_argument("--disc-start", type=int, default=0)
+    p.set_defaults(func=run)
+
+
+def parse_overrides(pairs: list[str], target_fields: dict | None, what: str) -> dict:
+    """'k=v' strings -> typed values (JSON where it parses), checked against a dataclass's fields if given."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"{what} override {pair!r} must look like key=value")
+        k, v = pair.split("=", 1)
+        if target_fields is not None and k not in target_fields:
+            raise ConfigError(f"unknown {what} field {k!r}; known: {sorted(target_fields)}")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v  # plain string
+        if isinstance(out[k], list):
+            out[k] = tuple(out[k])
+    return out
+
+
+def run(args) -> int:
+    from ..train import recipes
+
+    if args.list:
+        for name, desc in recipes.list_models():
+            print(f"{name:28s} {desc}")
+        return 0
+    if not (args.what and args.model and args.out):
+        raise ConfigError("give what to train (tokenizer | generator), --model and --out (see --help)")
+    from ..train.config import TrainConfig
+
+    train_over = parse_overrides(args.set, {f.name: f for f in dataclasses.fields(TrainConfig)}, "TrainConfig")
+    if args.steps is not None:
+        train_over["max_steps"] = args.steps
+    if args.what == "tokenizer":
+        recipes.train_tokenizer(args, train_over)
+    else:
+        if not args.tokenizer:
+            raise ConfigError("generator training needs --tokenizer FOLDER (a trained tokenizer's final/ folder)")
+        recipes.train_generator(args, train_over)
+    print(f"done: {Path(args.out).resolve()}")
+    return 0

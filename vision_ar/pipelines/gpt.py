@@ -1,0 +1,97 @@
+"""GPTPipeline: 2D VQ tokenizer + next-token GPT + a token sampler (the plain KV-cached loop, or SJD)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from .base import (PipelineOutput, check_class_labels, check_guidance, read_pipeline_config, to_output_type,
+                   write_pipeline_config)
+
+SAMPLERS = ("default", "loop", "sjd")
+
+
+class GPTPipeline:
+    family = "next-token"
+
+    def __init__(self, vq, gpt, defaults: dict | None = None, class_names: list[str] | None = None):
+        self.vq = vq.eval()
+        self.gpt = gpt.eval()
+        # LlamaGen's CFG convention: uncond + (cond - uncond) * scale, so 1.0 means no guidance.
+        self.defaults = {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
+                         "sampler": "loop", "sjd_window": 16, "sjd_init": "random", **(defaults or {})}
+        self.class_names = class_names
+
+    @property
+    def num_classes(self) -> int:
+        return self.gpt.config.num_classes
+
+    def to(self, device):
+        self.vq.to(device)
+        self.gpt.to(device)
+        return self
+
+    @torch.inference_mode()
+    def __call__(self, class_labels, guidance_scale: float | None = None, generator: torch.Generator | None = None,
+                 top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+                 sampler: str | None = None, sjd_window: int | None = None, sjd_init: str | None = None,
+                 output_type: str = "pil") -> PipelineOutput:
+        from ..sampling.jacobi import sjd_generate
+        from ..sampling.token_loop import generate
+
+        d = self.defaults
+        sampler = d["sampler"] if sampler in (None, "default") else sampler
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"unknown sampler {sampler!r}; choose 'loop' (plain KV-cached loop) or 'sjd'")
+        labels = check_class_labels(class_labels, self.num_classes)
+        device = next(self.gpt.parameters()).device
+        cond = torch.tensor(labels, dtype=torch.long, device=device)
+        settings = dict(cfg_scale=check_guidance(d["guidance_scale"] if guidance_scale is None else guidance_scale),
+                        temperature=d["temperature"] if temperature is None else temperature,
+                        top_k=d["top_k"] if top_k is None else top_k, top_p=d["top_p"] if top_p is None else top_p,
+                        generator=generator)
+        n = self.gpt.config.block_size
+        t0 = time.perf_counter()
+        if sampler == "sjd":
+            tokens, st = sjd_generate(self.gpt, cond, n, window_length=sjd_window or d["sjd_window"],
+                                      init=sjd_init or d["sjd_init"], return_stats=True, **settings)
+            stats = st.summary()
+        else:
+            tokens = generate(self.gpt, cond, n, **settings)
+            stats = {"forward_passes": n}
+        side = int(round(n ** 0.5))
+        images = self.vq.decode(tokens.view(len(labels), side, side))
+        stats["seconds"] = time.perf_counter() - t0
+        images01 = (images.float() + 1) / 2
+        return PipelineOutput(images=to_output_type(images01.clamp(0, 1), output_type), tokens=tokens,
+                              labels=labels, stats=stats)
+
+    def save_pretrained(self, folder):
+        folder = Path(folder)
+        self.vq.save_pretrained(folder / "tokenizer")
+        self.gpt.save_pretrained(folder / "generator")
+        write_pipeline_config(folder, {"_class": "GPTPipeline", "defaults": self.defaults,
+                                       "class_names": self.class_names})
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder, device: str = "cpu"):
+        from ..models.next_token import GPT
+        from ..tokenizers.vq import VQModel
+
+        folder = Path(folder)
+        cfg = read_pipeline_config(folder)
+        return cls(VQModel.from_pretrained(folder / "tokenizer"), GPT.from_pretrained(folder / "generator"),
+                   cfg.get("defaults"), cfg.get("class_names")).to(device)
+
+    @classmethod
+    def from_official(cls, preset: str, vq_path: str, checkpoint_path: str, device: str = "cpu"):
+        """An official LlamaGen release: `vq_ds16_c2i.pt` + `c2i_{B,L,XL,XXL,3B}_{256,384}.pt`."""
+        from ..models.next_token import GPT
+        from ..tokenizers.vq import VQModel
+
+        gpt = GPT.from_official(checkpoint_path, preset)
+        vq = VQModel.from_official(vq_path, "vq-16")
+        return cls(vq, gpt, {"guidance_scale": 2.0}).to(device)
