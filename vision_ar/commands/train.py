@@ -31,6 +31,7 @@ def add_parser(sub):
     p.add_argument("--model-set", action="append", default=[], metavar="K=V", help="override a model config field")
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageNet-style class folder")
     p.add_argument("--image-size", type=int, default=None, help="centre-crop size for a class folder (256/512)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N training images (quick runs)")
     p.add_argument("--tokenizer", help="generator training: the trained tokenizer folder")
     p.add_argument("--out", help="run folder (checkpoints, metrics.jsonl, final/ and pipeline/)")
     p.add_argument("--steps", type=int, help="optimizer steps")

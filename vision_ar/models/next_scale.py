@@ -498,7 +498,7 @@ var_d36 = _register("var-d36", 36, PATCH_NUMS_512, shared_aln=True, desc="VAR-d3
                  description="small VAR for 32x32 Fashion-MNIST (10 classes) on var-vqvae-fmnist codes")
 def var_fmnist(**overrides) -> VAR:
     # Narrow and shallow so that it trains on 2 CPU cores in under an hour; patch_nums match var-vqvae-fmnist.
-    cfg = VARConfig(vocab_size=1024, Cvae=32, num_classes=10, depth=6, embed_dim=256, num_heads=4,
+    cfg = VARConfig(vocab_size=1024, Cvae=32, num_classes=10, depth=5, embed_dim=192, num_heads=3,
                     mlp_ratio=4.0, drop_path_rate=0.0, cond_drop_rate=0.1, attn_l2_norm=True,
                     patch_nums=(1, 2, 3, 4, 6, 8))
     return VAR(cfg.replace(**overrides))

@@ -506,7 +506,7 @@ for _size in _SIZES:
                  description="small LlamaGen-style GPT for Fashion-MNIST (10 classes, 8x8 vq-fmnist codes)")
 def gpt_fmnist(**overrides):
     # Dropout off: the CPU budget allows only a few epochs, far from overfitting.
-    cfg = dict(dim=256, n_layer=6, n_head=4, multiple_of=64, vocab_size=1024, num_classes=10, cls_token_num=1,
+    cfg = dict(dim=192, n_layer=6, n_head=3, multiple_of=64, vocab_size=1024, num_classes=10, cls_token_num=1,
                block_size=64, token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0, class_dropout_prob=0.1)
     cfg.update(overrides)
     return GPT(GPTConfig(**cfg))

@@ -219,9 +219,12 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         return self.decoder(self.post_quant_conv(f_hat)), usages, vq_loss
 
 
-    def training_forward(self, images: torch.Tensor):
-        """The tokenizer-training interface (vision_ar.train.tokenizer_task): (reconstruction, vq_loss, stats)."""
-        rec, usages, vq_loss = self(images, ret_usages=True)
+    def training_forward(self, images: torch.Tensor, forward=None):
+        """The tokenizer-training interface (vision_ar.train.tokenizer_task): (reconstruction, vq_loss, stats).
+
+        `forward` is the DDP/FSDP wrapper of this module when there is one: calling it (not `self`) keeps the
+        gradient all-reduce hooks of the wrapper in the graph."""
+        rec, usages, vq_loss = (forward or self)(images, ret_usages=True)
         stats = {}
         if usages:
             stats = {"code_usage_first_scale": usages[0], "code_usage_last_scale": usages[-1],

@@ -233,9 +233,10 @@ class VQModel(PretrainedMixin, nn.Module):
         quant, losses, usage, _ = self.quantize(self.quant_conv(self.encoder(images)))
         return self.decode_latents(quant), losses, usage
 
-    def training_forward(self, images: torch.Tensor):
-        """The tokenizer-training interface (vision_ar.train.tokenizer_task): (reconstruction, vq_loss, stats)."""
-        rec, (vq_loss, commit_loss, entropy_loss), usage = self(images)
+    def training_forward(self, images: torch.Tensor, forward=None):
+        """The tokenizer-training interface (vision_ar.train.tokenizer_task): (reconstruction, vq_loss, stats).
+        `forward`: the DDP/FSDP wrapper of this module, if any (its forward carries the gradient sync)."""
+        rec, (vq_loss, commit_loss, entropy_loss), usage = (forward or self)(images)
         quant_loss = sum(l for l in (vq_loss, commit_loss, entropy_loss) if torch.is_tensor(l))
         stats = {"codebook_usage": float(usage)} if usage is not None else {}
         return rec, quant_loss, stats

@@ -29,16 +29,20 @@ def list_models():
 # ----------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------
-def build_dataset(data: str, image_size: int | None, split: str = "train"):
+def build_dataset(data: str, image_size: int | None, split: str = "train", limit: int | None = None):
     from ..data import FashionMNIST, ImageFolder
 
     if data in ("fashion-mnist", "fmnist"):
         if image_size not in (None, 32):
             raise ConfigError("Fashion-MNIST images are 32x32 (28x28 padded); drop --image-size")
-        return FashionMNIST(split)
+        return FashionMNIST(split, limit=limit)
     if not Path(data).is_dir():
         raise MissingFileError(f"--data {data}: not 'fashion-mnist' and not a folder of class sub-folders")
-    return ImageFolder(data, image_size=image_size or 256)
+    ds = ImageFolder(data, image_size=image_size or 256)
+    if limit is not None:
+        ds = torch.utils.data.Subset(ds, range(min(limit, len(ds))))
+        ds.classes = ds.dataset.classes
+    return ds
 
 
 def _model_class(name: str):
@@ -103,7 +107,7 @@ def train_tokenizer(args, train_overrides: dict):
 
     model = build_model(args.model, _model_overrides(args), TOKENIZER_FAMILIES)
     model.train().requires_grad_(True)
-    dataset = build_dataset(args.data, args.image_size)
+    dataset = build_dataset(args.data, args.image_size, limit=args.limit)
     loss_cfg = TokenizerLossConfig(lpips_weight=args.lpips_weight, lpips_vgg_path=args.lpips_vgg,
                                    lpips_lin_path=args.lpips_lin, disc_weight=args.disc_weight,
                                    disc_start=args.disc_start)
@@ -144,7 +148,7 @@ def train_generator(args, train_overrides: dict):
     from .loop import train
 
     tokenizer = load_model_folder(args.tokenizer).eval()
-    dataset = build_dataset(args.data, args.image_size)
+    dataset = build_dataset(args.data, args.image_size, limit=args.limit)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     encode = tokenizer.img_to_idx if hasattr(tokenizer, "img_to_idx") else tokenizer.encode

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .task import unwrap
 from .tokenizer_losses import LPIPS, PatchDiscriminator, generator_adv_loss, hinge_d_loss
 
 
@@ -56,10 +57,10 @@ class TokenizerTask:
 
     def loss(self, model, batch, step):
         x = _images(batch)
-        rec, quant_loss, stats = model.training_forward(x)
+        rec, quant_loss, stats = unwrap(model).training_forward(x, forward=model)
         rec_loss = self._recon_loss(rec, x)
         loss = rec_loss + self.cfg.quant_weight * quant_loss
-        metrics = {"rec_loss": rec_loss.item(), "quant_loss": float(quant_loss), **stats}
+        metrics = {"rec_loss": rec_loss.item(), "quant_loss": float(quant_loss.detach()), **stats}
         with torch.no_grad():
             metrics["psnr"] = (10 * torch.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), x).clamp_min(1e-10))).item()
         if self.lpips is not None:
@@ -80,6 +81,6 @@ class TokenizerTask:
             return None, {}
         x = _images(batch)
         with torch.no_grad():
-            rec, _, _ = model.training_forward(x)
+            rec, _, _ = unwrap(model).training_forward(x)
         d = hinge_d_loss(disc(x), disc(rec.detach()))
         return d, {"d_loss": d.item()}
