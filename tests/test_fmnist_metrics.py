@@ -32,8 +32,16 @@ def test_split():
 
 
 @pytest.fixture(scope="module")
-def evaluator():
-    return FashionMNISTEvaluator(cache_dir=False)  # the shipped classifier; statistics kept in memory only
+def shared_cache(tmp_path_factory):
+    """One statistics cache for the benchmark tests, so the test split is embedded once, not per test."""
+    return tmp_path_factory.mktemp("fmnist_cache")
+
+
+@pytest.fixture(scope="module")
+def evaluator(shared_cache):
+    # The shipped classifier. Its cache is the one the benchmark finds through VISION_AR_CACHE, so the 10k test
+    # images are embedded once for the whole file.
+    return FashionMNISTEvaluator(cache_dir=shared_cache / "eval_features")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,8 +162,8 @@ def test_save_folder_atomically_replaces_whole_folder(tmp_path):
     assert json.loads((out / "config.json").read_text())["_test_accuracy"] == 0.5
 
 
-def test_benchmark_scores_an_npz(tmp_path, monkeypatch, test_split, capsys):
-    monkeypatch.setenv("VISION_AR_CACHE", str(tmp_path / "cache"))
+def test_benchmark_scores_an_npz(tmp_path, monkeypatch, test_split, shared_cache):
+    monkeypatch.setenv("VISION_AR_CACHE", str(shared_cache))
     bench = _load_script("benchmarks/fmnist_quality.py")
     images, labels = test_split
     arr = ((images[:300] + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -166,3 +174,34 @@ def test_benchmark_scores_an_npz(tmp_path, monkeypatch, test_split, capsys):
     np.savez(tmp_path / "nolabels.npz", arr_0=arr)
     with pytest.raises(ConfigError, match="labels"):
         bench.main(["--npz", str(tmp_path / "nolabels.npz"), "--device", "cpu"])
+
+
+def test_benchmark_generates_balanced_seeded_batches(tmp_path, monkeypatch, test_split, shared_cache):
+    """The pipeline path: balanced labels, batching, one generator, [0, 1] output mapped to [-1, 1]."""
+    import vision_ar.pipelines as pipelines
+
+    images, labels = test_split
+    by_class = {c: images[labels == c] for c in range(10)}
+    calls = []
+
+    class StandInPipeline:  # returns real test images of the asked classes, like a perfect generator
+        def __call__(self, class_labels, generator, output_type, guidance_scale=None):
+            calls.append((list(class_labels), guidance_scale, output_type))
+            pick = torch.randint(0, 900, (len(class_labels),), generator=generator)
+            x = torch.stack([by_class[c][int(i)] for c, i in zip(class_labels, pick)])
+            return pipelines.PipelineOutput(images=(x + 1) / 2, labels=list(class_labels))
+
+    monkeypatch.setattr(pipelines, "load_pipeline", lambda name, device="cpu": StandInPipeline())
+    monkeypatch.setenv("VISION_AR_CACHE", str(shared_cache))
+    bench = _load_script("benchmarks/fmnist_quality.py")
+    row = bench.main(["--model", "stand-in", "--cfg", "2.5", "--n", "250", "--batch-size", "100", "--device", "cpu",
+                      "--save-samples", str(tmp_path / "s.npz")])
+    assert [len(c[0]) for c in calls] == [100, 100, 50] and all(c[1:] == (2.5, "pt") for c in calls)
+    assert sum((c[0] for c in calls), []) == [i % 10 for i in range(250)]
+    assert row["model"] == "stand-in" and row["cfg"] == 2.5 and row["n"] == 250 and row["accuracy"] >= 0.85
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["arr_0"].shape == (250, 32, 32, 3) and z["arr_0"].dtype == np.uint8
+        np.testing.assert_array_equal(z["labels"], np.arange(250) % 10)
+    # The saved ADM file (uint8, exact for these images) scores like the in-memory samples.
+    again = bench.main(["--npz", str(tmp_path / "s.npz"), "--device", "cpu"])
+    assert again["accuracy"] == row["accuracy"] and abs(again["fid"] - row["fid"]) < 1e-3
