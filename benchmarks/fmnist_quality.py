@@ -50,8 +50,8 @@ def parse_pipe_args(pairs: list[str]) -> dict:
 
 
 def generate(model: str, n: int, cfg: float | None, sampler: str | None, seed: int, batch_size: int,
-             device: str, pipe_args: dict) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(`N,3,H,W` float in [-1, 1] on CPU, labels, seconds) from a pipeline."""
+             device: str, pipe_args: dict) -> tuple[torch.Tensor, torch.Tensor, float, float | None]:
+    """(`N,3,H,W` float in [-1, 1] on CPU, labels, seconds, the guidance scale used) from a pipeline."""
     from vision_ar.pipelines import load_pipeline  # lazy: written by the pipelines helper, heavy to import
 
     pipe = load_pipeline(model, device=device)
@@ -72,7 +72,9 @@ def generate(model: str, n: int, cfg: float | None, sampler: str | None, seed: i
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     print(file=sys.stderr)
-    return torch.cat(chunks), labels, seconds
+    if cfg is None:  # record the pipeline's own default, so the row says what was actually run
+        cfg = (getattr(pipe, "defaults", None) or {}).get("guidance_scale")
+    return torch.cat(chunks), labels, seconds, cfg
 
 
 def load_npz(path: Path) -> tuple[np.ndarray, torch.Tensor]:
@@ -129,9 +131,9 @@ def main(argv=None) -> dict:
 
     if args.npz is not None:
         images, labels = load_npz(args.npz)
-        model, seconds = str(args.npz), None
+        model, seconds, cfg = str(args.npz), None, args.cfg
     else:
-        images, labels, seconds = generate(args.model, args.n, args.cfg, args.sampler, args.seed, args.batch_size,
+        images, labels, seconds, cfg = generate(args.model, args.n, args.cfg, args.sampler, args.seed, args.batch_size,
                                            args.device, parse_pipe_args(args.pipe_arg))
         model = args.model
         if args.save_samples is not None:
@@ -139,7 +141,7 @@ def main(argv=None) -> dict:
 
     t0 = time.perf_counter()
     metrics = evaluator.evaluate(images, labels)
-    row = {"model": model, "cfg": args.cfg, "sampler": args.sampler or "default",
+    row = {"model": model, "cfg": cfg, "sampler": args.sampler or "default",
            **({"pipe_args": parse_pipe_args(args.pipe_arg)} if args.pipe_arg else {}),
            "accuracy": round(metrics["accuracy"], 4), "fid": round(metrics["fid"], 4),
            "fid_floor_train_vs_test": round(metrics["fid_floor_train_vs_test"], 4), "n": metrics["n"],
