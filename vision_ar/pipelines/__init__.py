@@ -9,6 +9,9 @@ from .base import PipelineOutput, read_pipeline_config
 # Models trained with this project's own commands and shipped inside the package (see README).
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
 SHIPPED = {"fmnist-var": "fmnist_var", "fmnist-gpt": "fmnist_gpt"}
+# Generator family -> (pipeline class, the flag naming its tokenizer checkpoint, the official files to pass).
+OFFICIAL = {"var": ("VARPipeline", "vae", "vae_ch160v4096z32.pth and var_d*.pth files"),
+            "next-token": ("GPTPipeline", "vq", "vq_ds16_c2i.pt and c2i_*.pt files")}
 
 
 def _classes():
@@ -46,25 +49,15 @@ def load_pipeline(name_or_folder: str, device: str = "cpu", **official_paths):
     from ..registry import get_preset
 
     preset = get_preset(name_or_folder)  # raises with the list of known names
-    if preset.family == "var":
-        from .var import VARPipeline
-
-        missing = [k for k in ("vae", "checkpoint") if not official_paths.get(k)]
-        if missing:
-            raise ConfigError(f"preset '{preset.name}' has no shipped weights: pass "
-                              + " and ".join(f"--{k} PATH" for k in missing)
-                              + " (the official vae_ch160v4096z32.pth and var_d*.pth files)")
-        return VARPipeline.from_official(preset.name, official_paths["vae"], official_paths["checkpoint"], device)
-    if preset.family == "next-token":
-        from .gpt import GPTPipeline
-
-        missing = [k for k in ("vq", "checkpoint") if not official_paths.get(k)]
-        if missing:
-            raise ConfigError(f"preset '{preset.name}' has no shipped weights: pass "
-                              + " and ".join(f"--{k} PATH" for k in missing)
-                              + " (the official vq_ds16_c2i.pt and c2i_*.pt files)")
-        return GPTPipeline.from_official(preset.name, official_paths["vq"], official_paths["checkpoint"], device)
-    raise ConfigError(f"preset '{preset.name}' (family {preset.family}) is not a generator with a pipeline")
+    if preset.family not in OFFICIAL:
+        raise ConfigError(f"preset '{preset.name}' (family {preset.family}) is not a generator with a pipeline")
+    class_name, tokenizer_flag, files = OFFICIAL[preset.family]
+    missing = [k for k in (tokenizer_flag, "checkpoint") if not official_paths.get(k)]
+    if missing:
+        raise ConfigError(f"preset '{preset.name}' has no shipped weights: pass "
+                          + " and ".join(f"--{k} PATH" for k in missing) + f" (the official {files})")
+    cls = _classes()[class_name]
+    return cls.from_official(preset.name, official_paths[tokenizer_flag], official_paths["checkpoint"], device)
 
 
 __all__ = ["PipelineOutput", "load_pipeline", "shipped_models"]

@@ -82,3 +82,55 @@ def write_pipeline_config(folder: str | os.PathLike, cfg: dict) -> None:
     folder = Path(folder)
     check_writable(folder / PIPELINE_CONFIG)
     atomic_write_text(json.dumps(cfg, indent=2), folder / PIPELINE_CONFIG)
+
+
+class Pipeline:
+    """Save/load shared by every pipeline: `pipeline.json` + one folder per component.
+
+    Subclasses set `tokenizer_class` / `generator_class` (import paths, resolved lazily) and keep their
+    components in `self.tokenizer` / `self.generator`; `defaults` are sampling settings, `class_names` labels.
+    """
+
+    tokenizer_class: str = ""
+    generator_class: str = ""
+
+    def __init__(self, tokenizer, generator, defaults: dict | None = None, class_names: list[str] | None = None):
+        self.tokenizer = tokenizer.eval()
+        self.generator = generator.eval()
+        self.defaults = {**self.default_settings(), **(defaults or {})}
+        self.class_names = class_names
+
+    def default_settings(self) -> dict:
+        return {}
+
+    @property
+    def num_classes(self) -> int:
+        return self.generator.config.num_classes
+
+    def to(self, device):
+        self.tokenizer.to(device)
+        self.generator.to(device)
+        return self
+
+    def save_pretrained(self, folder):
+        folder = Path(folder)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.generator.save_pretrained(folder / "generator")
+        write_pipeline_config(folder, {"_class": type(self).__name__, "defaults": self.defaults,
+                                       "class_names": self.class_names})
+        return folder
+
+    @staticmethod
+    def _resolve(path: str):
+        import importlib
+
+        module, name = path.rsplit(".", 1)
+        return getattr(importlib.import_module(module), name)
+
+    @classmethod
+    def from_pretrained(cls, folder, device: str = "cpu"):
+        folder = Path(folder)
+        cfg = read_pipeline_config(folder)
+        tokenizer = cls._resolve(cls.tokenizer_class).from_pretrained(folder / "tokenizer")
+        generator = cls._resolve(cls.generator_class).from_pretrained(folder / "generator")
+        return cls(tokenizer, generator, cfg.get("defaults"), cfg.get("class_names")).to(device)

@@ -2,36 +2,31 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
-
 import torch
 
 from ..errors import ConfigError
-from .base import (PipelineOutput, check_class_labels, check_guidance, read_pipeline_config, to_output_type,
-                   write_pipeline_config)
+from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
 
 SAMPLERS = ("default", "loop", "sjd")
 
 
-class GPTPipeline:
+class GPTPipeline(Pipeline):
     family = "next-token"
+    tokenizer_class = "vision_ar.tokenizers.vq.VQModel"
+    generator_class = "vision_ar.models.next_token.GPT"
 
-    def __init__(self, vq, gpt, defaults: dict | None = None, class_names: list[str] | None = None):
-        self.vq = vq.eval()
-        self.gpt = gpt.eval()
+    def default_settings(self) -> dict:
         # LlamaGen's CFG convention: uncond + (cond - uncond) * scale, so 1.0 means no guidance.
-        self.defaults = {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
-                         "sampler": "loop", "sjd_window": 16, "sjd_init": "random", **(defaults or {})}
-        self.class_names = class_names
+        return {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
+                "sampler": "loop", "sjd_window": 16, "sjd_init": "random"}
 
     @property
-    def num_classes(self) -> int:
-        return self.gpt.config.num_classes
+    def vq(self):
+        return self.tokenizer
 
-    def to(self, device):
-        self.vq.to(device)
-        self.gpt.to(device)
-        return self
+    @property
+    def gpt(self):
+        return self.generator
 
     @torch.inference_mode()
     def __call__(self, class_labels, guidance_scale: float | None = None, generator: torch.Generator | None = None,
@@ -67,24 +62,6 @@ class GPTPipeline:
         images01 = (images.float() + 1) / 2
         return PipelineOutput(images=to_output_type(images01.clamp(0, 1), output_type), tokens=tokens,
                               labels=labels, stats=stats)
-
-    def save_pretrained(self, folder):
-        folder = Path(folder)
-        self.vq.save_pretrained(folder / "tokenizer")
-        self.gpt.save_pretrained(folder / "generator")
-        write_pipeline_config(folder, {"_class": "GPTPipeline", "defaults": self.defaults,
-                                       "class_names": self.class_names})
-        return folder
-
-    @classmethod
-    def from_pretrained(cls, folder, device: str = "cpu"):
-        from ..models.next_token import GPT
-        from ..tokenizers.vq import VQModel
-
-        folder = Path(folder)
-        cfg = read_pipeline_config(folder)
-        return cls(VQModel.from_pretrained(folder / "tokenizer"), GPT.from_pretrained(folder / "generator"),
-                   cfg.get("defaults"), cfg.get("class_names")).to(device)
 
     @classmethod
     def from_official(cls, preset: str, vq_path: str, checkpoint_path: str, device: str = "cpu"):

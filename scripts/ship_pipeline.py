@@ -1,0 +1,34 @@
+"""Copy a trained pipeline folder into the package (vision_ar/weights/<name>) with its sampling defaults.
+
+    python scripts/ship_pipeline.py runs/fm_var/pipeline vision_ar/weights/fmnist_var --set guidance_scale=2.0
+
+Weights are re-saved through save_pretrained (config.json + model.safetensors per component), so what ships is
+exactly what `load_pipeline` reads back.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from vision_ar.pipelines import load_pipeline
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src")
+    ap.add_argument("dst")
+    ap.add_argument("--set", action="append", default=[], metavar="K=V", help="sampling default (JSON value)")
+    args = ap.parse_args()
+    pipe = load_pipeline(args.src)
+    for pair in args.set:
+        k, v = pair.split("=", 1)
+        try:
+            pipe.defaults[k] = json.loads(v)
+        except json.JSONDecodeError:
+            pipe.defaults[k] = v
+    pipe.save_pretrained(args.dst)
+    print(json.dumps({"shipped": args.dst, "defaults": pipe.defaults}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The exact commands that trained the shipped Fashion-MNIST GPT (vision_ar/weights/fmnist_gpt), on a 2-core CPU.
+# One OpenMP thread per process: two jobs ran side by side (2 threads per job on a shared machine spin-wait).
+# Re-running a command after a kill resumes it exactly from OUT/latest.pt.
+set -euo pipefail
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+
+# 1. LlamaGen-style VQ tokenizer (8x8 codes, 1024 x 8 l2-normalised codebook)
+vision-ar train tokenizer --model vq-fmnist --data fashion-mnist --out runs/fm_vq --steps 1200 \
+  --set batch_size=32 --set lr=3e-4 --set 'betas=[0.9,0.95]' --set warmup_steps=100 \
+  --set ema_decay=0.999 --set ema_warmup=true --set progress=false --set log_every=25 --set ckpt_every=100
+
+# 2. GPT on the cached codes (raster order) of that tokenizer (teacher forcing, 10% class dropout for CFG)
+vision-ar train generator --model gpt-fmnist --tokenizer runs/fm_vq/final --data fashion-mnist \
+  --out runs/fm_gpt --steps 1500 --set batch_size=64 --set lr=8e-4 --set warmup_steps=100 \
+  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
+  --set progress=false --set log_every=25 --set ckpt_every=100
+
+# 3. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
+python scripts/ship_pipeline.py runs/fm_gpt/pipeline vision_ar/weights/fmnist_gpt --set guidance_scale=${CFG:-2.0}
