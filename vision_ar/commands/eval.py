@@ -2,6 +2,8 @@
 
     # one process (CPU or one GPU)
     vision-ar eval --pipeline fmnist-var --ref ref_stats.npz --num 1000 --cfg 2.0 --out-dir runs/eval/fmnist
+    # Fashion-MNIST domain metrics (shipped classifier: accuracy + classifier-feature FID vs the test split)
+    vision-ar eval --pipeline fmnist-var --ref fashion-mnist --num 10000 --out-dir runs/eval/fmnist_var
     # all GPUs of a machine; a killed run is resumed by running the same command again
     torchrun --nproc_per_node 8 -m vision_ar.cli eval --pipeline var-d16 --vae vae_ch160v4096z32.pth \
         --checkpoint var_d16.pth --ref VIRTUAL_imagenet256_labeled.npz --num 50000 --cfg 1.5 --out-dir runs/eval/d16
@@ -28,7 +30,7 @@ def add_parser(sub):
     p.add_argument("--vae", help="official VAR VQ-VAE checkpoint (with a var-d* preset)")
     p.add_argument("--vq", help="official LlamaGen VQ checkpoint (with a gpt-* preset)")
     p.add_argument("--checkpoint", help="official generator checkpoint (with a preset)")
-    p.add_argument("--ref", required=True, help="reference: statistics .npz, ADM reference batch, samples .npz or folder")
+    p.add_argument("--ref", required=True, help="reference: statistics .npz, ADM reference batch, samples .npz, folder, or 'fashion-mnist' (classifier metrics)")
     p.add_argument("--num", type=int, default=50_000, help="number of samples (default 50000 = 50 per class)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (pipeline default if unset)")
     p.add_argument("--top-k", type=int, default=None)
@@ -69,6 +71,34 @@ def checkpoint_hash(args) -> dict:
     return {"sha256": combined if files else None, "files": files}
 
 
+FMNIST_REFS = ("fashion-mnist", "fmnist")
+
+
+def _report_fmnist(args, spec, samples: Path, ref_kind: str, report_path: Path, world: int, device: str) -> int:
+    """Fashion-MNIST domain metrics: class accuracy + FID on the shipped classifier's features, with the floor."""
+    import numpy as np
+
+    from ..eval.fmnist_metrics import FashionMNISTEvaluator
+    from ..eval.metrics import versions
+    from ..io import atomic_write_text
+
+    with np.load(samples) as z:
+        images, labels = z["arr_0"], z["arr_1"]
+    metrics = FashionMNISTEvaluator(device=device).evaluate(images, labels)
+    report = {"metrics": metrics,
+              "settings": {**spec.manifest(), "ref": "fashion-mnist", "ref_kind": ref_kind, "world_size": world,
+                           "device": device, "samples": str(samples)},
+              "classifier": "vision_ar/weights/fmnist_classifier (scripts/train_fmnist_classifier.py)",
+              "checkpoint": checkpoint_hash(args), "versions": versions(),
+              "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(json.dumps(report, indent=2), report_path)
+    width = max(len(k) for k in metrics)
+    print("\n".join(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}"
+                    for k, v in metrics.items()))
+    print(f"report: {report_path}")
+    return 0
+
+
 def run(args) -> int:
     import torch
 
@@ -83,8 +113,10 @@ def run(args) -> int:
     # Everything that can be wrong is checked before sampling starts.
     if args.num < 1 or args.chunk_size < 1:
         raise ConfigError("--num and --chunk-size must be >= 1")
-    resolve_inception_weights(args.inception_weights)
-    ref_kind = peek_source(args.ref)
+    fmnist = args.ref in FMNIST_REFS
+    if not fmnist:
+        resolve_inception_weights(args.inception_weights)
+    ref_kind = "fashion-mnist test split (classifier features)" if fmnist else peek_source(args.ref)
     out_dir = Path(args.out_dir)
     report_path = Path(args.report) if args.report else out_dir / "report.json"
     check_writable(out_dir / "samples.npz")
@@ -117,6 +149,8 @@ def run(args) -> int:
             return 0
 
         samples = export_adm_npz(out_dir, spec, out_dir / "samples.npz", progress=progress)
+        if fmnist:
+            return _report_fmnist(args, spec, samples, ref_kind, report_path, world, device)
         extractor = InceptionFeatures(args.inception_weights, device=device, fid_layer=args.fid_layer,
                                       batch_size=args.inception_batch_size)
         src = images_side(NpzImageSource(samples), extractor, limit=args.num, progress=progress)
