@@ -212,3 +212,28 @@ def test_conv_body_is_general():
     assert z.shape == (1, 8, 4, 4) and dec(z[:, :4]).shape == (1, 1, 8, 8)
     with pytest.raises(ConfigError, match="attn_levels"):
         Encoder(ch=32, ch_mult=(1, 2), attn_levels=(2,))
+
+
+def test_dead_code_restart_revives_unused_codes_and_keeps_official_keys():
+    from vision_ar.tokenizers.multiscale import MultiScaleVQVAE, MultiScaleVQVAEConfig
+
+    base = dict(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, patch_nums=(1, 2, 4),
+                using_sa=False, using_mid_sa=False, test_mode=False)
+    official = MultiScaleVQVAE(MultiScaleVQVAEConfig(**base))
+    assert not any("restart" in k for k in official.state_dict())
+    torch.manual_seed(0)
+    m = MultiScaleVQVAE(MultiScaleVQVAEConfig(**base, dead_code_restart=2)).train()
+    q = m.quantize
+    with torch.no_grad():  # a collapsed codebook: every code far away from the latents but one
+        q.embedding.weight.fill_(50.0)
+        q.embedding.weight[0].zero_()
+    x = torch.rand(4, 3, 8, 8) * 2 - 1
+    m(x)
+    assert int((q.embedding.weight == 50.0).all(1).sum()) == 63  # step 1: no restart yet
+    m(x)
+    revived = int((q.embedding.weight != 50.0).any(1).sum())
+    assert revived == 64 and "quantize.restart_hits_V" in m.state_dict()
+    used = set()
+    for idx in m.img_to_idx(x):
+        used |= set(idx.flatten().tolist())
+    assert len(used) > 1  # the revived codes are now picked

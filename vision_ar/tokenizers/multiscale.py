@@ -55,6 +55,7 @@ class MultiScaleVQVAEConfig:
     in_channels: int = 3
     using_sa: bool = True              # attention blocks at the lowest resolution level
     using_mid_sa: bool = True          # attention block in the middle
+    dead_code_restart: int = 0         # training: re-seed unused codes every N steps (0 = off, as official)
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -113,7 +114,7 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         self.quantize = MultiScaleResidualQuantizer(
             vocab_size=c.vocab_size, Cvae=c.z_channels, patch_nums=c.patch_nums, using_znorm=c.using_znorm,
             beta=c.beta, quant_resi=c.quant_resi, share_quant_resi=c.share_quant_resi,
-            default_qresi_counts=c.default_qresi_counts)
+            default_qresi_counts=c.default_qresi_counts, dead_code_restart=c.dead_code_restart)
         ks = c.quant_conv_ks
         self.quant_conv = nn.Conv2d(c.z_channels, c.z_channels, ks, stride=1, padding=ks // 2)
         self.post_quant_conv = nn.Conv2d(c.z_channels, c.z_channels, ks, stride=1, padding=ks // 2)
@@ -265,5 +266,5 @@ def var_vqvae_fmnist(**overrides) -> MultiScaleVQVAE:
     # f4 (ch_mult of 3 levels) keeps an 8x8 latent for 32x32 images; no attention (cheap on CPU).
     cfg = MultiScaleVQVAEConfig(vocab_size=1024, z_channels=32, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                                 share_quant_resi=4, patch_nums=(1, 2, 3, 4, 6, 8), test_mode=False,
-                                using_sa=False, using_mid_sa=False)
+                                using_sa=False, using_mid_sa=False, dead_code_restart=25)
     return MultiScaleVQVAE(dataclasses.replace(cfg, **overrides))

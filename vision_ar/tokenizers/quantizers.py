@@ -124,7 +124,7 @@ class MultiScaleResidualQuantizer(nn.Module):
 
     def __init__(self, vocab_size: int, Cvae: int, patch_nums: Sequence[int], using_znorm: bool = False,
                  beta: float = 0.25, quant_resi: float = 0.5, share_quant_resi: int = 4,
-                 default_qresi_counts: int = 0):
+                 default_qresi_counts: int = 0, dead_code_restart: int = 0):
         super().__init__()
         self.vocab_size, self.Cvae = int(vocab_size), int(Cvae)
         self.patch_nums = tuple(int(p) for p in patch_nums)
@@ -148,6 +148,17 @@ class MultiScaleResidualQuantizer(nn.Module):
         self.register_buffer("ema_vocab_hit_SV", torch.full((S, self.vocab_size), fill_value=0.0))
         self.record_hit = 0  # training steps seen: a plain counter, not saved (as in the official code)
         self.embedding = nn.Embedding(self.vocab_size, self.Cvae)
+        # Dead-code restart (not in the official code, which publishes no tokenizer training): every
+        # `dead_code_restart` training steps, codes that no scale picked since the last restart are moved onto
+        # random residual vectors of the current batch (Jukebox / SoundStream practice). Without it a freshly
+        # initialised codebook collapses to a few codes. The counters are saved only when the option is on,
+        # so official configurations keep the official state_dict keys; with it on, resume stays exact.
+        if dead_code_restart < 0:
+            raise ConfigError(f"dead_code_restart must be >= 0 (0 = off), got {dead_code_restart}")
+        self.dead_code_restart = int(dead_code_restart)
+        if self.dead_code_restart:
+            self.register_buffer("restart_hits_V", torch.zeros(self.vocab_size))
+            self.register_buffer("restart_step", torch.zeros((), dtype=torch.long))
 
     def extra_repr(self) -> str:
         return (f"patch_nums={self.patch_nums}, znorm={self.using_znorm}, beta={self.beta}, "
@@ -197,10 +208,16 @@ class MultiScaleResidualQuantizer(nn.Module):
         f_rest = f_no_grad.clone()
         f_hat = torch.zeros_like(f_rest)
         loss = f.new_zeros(())
+        restart = self.training and self.dead_code_restart > 0
+        pool = []  # residual vectors the codes were matched against (dead-code restart candidates)
         with torch.autocast(device_type=f.device.type, enabled=False):
             for si, pn in enumerate(self.patch_nums):
                 idx_N = self._scale_codes(f_rest, si)
                 self._record_hits(si, idx_N)
+                if restart:
+                    self.restart_hits_V += idx_N.bincount(minlength=self.vocab_size).float()
+                    r = f_rest if si == self.num_scales - 1 else F.interpolate(f_rest, size=(pn, pn), mode="area")
+                    pool.append(r.permute(0, 2, 3, 1).reshape(-1, C))
                 h = self._codes_to_h(idx_N.view(B, pn, pn), si, H, W)
                 f_hat = f_hat + h
                 f_rest = f_rest - h.detach()
@@ -209,7 +226,26 @@ class MultiScaleResidualQuantizer(nn.Module):
             f_hat_st = (f_hat.detach() - f_no_grad).add_(f)
         if self.training:
             self.record_hit += 1
+        if restart:
+            self._maybe_restart_dead_codes(torch.cat(pool))
         return f_hat_st, (self.usages(B * H * W) if ret_usages else None), loss
+
+    @torch.no_grad()
+    def _maybe_restart_dead_codes(self, pool: torch.Tensor) -> None:
+        self.restart_step += 1
+        if int(self.restart_step) % self.dead_code_restart:
+            return
+        hits = self.restart_hits_V.clone()
+        if tdist.is_available() and tdist.is_initialized():
+            tdist.all_reduce(hits)
+        dead = (hits == 0).nonzero().flatten()
+        if dead.numel():
+            pick = torch.randint(pool.shape[0], (dead.numel(),), device=pool.device)
+            new = pool[pick]
+            if tdist.is_available() and tdist.is_initialized():
+                tdist.broadcast(new, src=0)  # every rank restarts to the same vectors
+            self.embedding.weight.data[dead] = new.to(self.embedding.weight.dtype)
+        self.restart_hits_V.zero_()
 
     @torch.no_grad()
     def _record_hits(self, si: int, idx_N: torch.LongTensor) -> None:
