@@ -6,13 +6,13 @@ set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 # 1. multi-scale VQ-VAE tokenizer (1.0M params, 8x8 latent, scales 1,2,3,4,6,8, V=1024)
-vision-ar train tokenizer --model var-vqvae-fmnist --data fashion-mnist --out runs/fm_var_vae --steps 1200 \
+vision-ar train tokenizer --model var-vqvae-fmnist --data fashion-mnist --out runs/fm_var_vae --steps 2000 \
   --set batch_size=32 --set lr=3e-4 --set 'betas=[0.9,0.95]' --set warmup_steps=100 \
   --set ema_decay=0.999 --set ema_warmup=true --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 2. VAR transformer on the cached codes of that tokenizer (teacher forcing, 10% class dropout for CFG)
 vision-ar train generator --model var-fmnist --tokenizer runs/fm_var_vae/final --data fashion-mnist \
-  --out runs/fm_var --steps 1200 --set batch_size=64 --set lr=8e-4 --set warmup_steps=100 \
+  --out runs/fm_var --steps 1100 --set batch_size=64 --set lr=8e-4 --set warmup_steps=100 \
   --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
