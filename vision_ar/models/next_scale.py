@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -362,8 +363,18 @@ class VAR(PretrainedMixin, nn.Module):
             x_BLC, cond = x_BLC.to(dtype), cond.to(dtype)
             attn_bias = attn_bias.to(dtype) if attn_bias is not None else None
         for block in self.blocks:
-            x_BLC = block(x_BLC, cond, attn_bias)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # recompute the block in backward instead of storing its activations (memory for compute)
+                x_BLC = torch.utils.checkpoint.checkpoint(block, x_BLC, cond, attn_bias, use_reentrant=False)
+            else:
+                x_BLC = block(x_BLC, cond, attn_bias)
         return self.get_logits(x_BLC, cond_BD)
+
+    grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per block (the training loop's `grad_checkpointing` switch)."""
+        self.grad_checkpointing = bool(enable)
 
     # ------------------------------------------------------------------------------------------------
     # teacher forcing (training)

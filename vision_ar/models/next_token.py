@@ -33,6 +33,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
@@ -323,7 +324,11 @@ class GPT(PretrainedMixin, nn.Module):
         h = self.tok_dropout(torch.cat([cond, self.tok_embeddings(idx)], dim=1))
         rope = self.rope_rows(0, length, h.device)
         for layer in self.layers:
-            h = layer(h, rope)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                # recompute the layer in backward instead of storing its activations (memory for compute)
+                h = torch.utils.checkpoint.checkpoint(layer, h, rope, use_reentrant=False)
+            else:
+                h = layer(h, rope)
         logits = self.output(self.norm(h)).float()
 
         loss = None
@@ -339,6 +344,12 @@ class GPT(PretrainedMixin, nn.Module):
             else:
                 loss = flat
         return logits, loss
+
+    grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing per layer (the training loop's `grad_checkpointing` switch)."""
+        self.grad_checkpointing = bool(enable)
 
     # ----------------------------------------------------------------------------------------------
     # Incremental decoding with a static KV cache
