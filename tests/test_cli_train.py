@@ -27,6 +27,12 @@ def test_train_tokenizer_then_generator_then_sample(tmp_path, capsys, tokenizer,
     png = tmp_path / "g.png"
     assert main(["sample", "--model", str(gen_out / "pipeline"), "--classes", "0", "9", "--out", str(png)]) == 0
     assert png.stat().st_size > 0
+    if generator.startswith("gpt"):  # the same pipeline through Speculative Jacobi Decoding
+        capsys.readouterr()
+        assert main(["sample", "--model", str(gen_out / "pipeline"), "--classes", "0", "9", "--sampler", "sjd",
+                     "--sjd-window", "4", "--sjd-init", "vertical", "--out", str(tmp_path / "sjd.png")]) == 0
+        summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert summary["forward_passes"] <= 64 and summary["mean_accept_length"] >= 1
 
 
 def test_train_errors(tmp_path, capsys):
