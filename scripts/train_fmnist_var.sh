@@ -17,4 +17,4 @@ vision-ar train generator --model var-fmnist --tokenizer runs/fm_var_vae/final -
   --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 3. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
-python scripts/ship_pipeline.py runs/fm_var/pipeline vision_ar/weights/fmnist_var --set guidance_scale=${CFG:-2.0}
+python scripts/ship_pipeline.py runs/fm_var/pipeline vision_ar/weights/fmnist_var --set guidance_scale=${CFG:-4.0}
