@@ -356,3 +356,28 @@ def test_bfloat16_model_keeps_float32_rope_and_caches_in_model_dtype(batch):
     assert cached.dtype == torch.float32
     assert (cached - full[:, 1:]).abs().max() < 0.1 * full.abs().max()
     assert generate(model, torch.tensor([1]), 4, generator=torch.Generator().manual_seed(0)).shape == (1, 4)
+
+
+def test_decode_with_per_row_start_positions_matches_each_row_alone():
+    """decode(tokens, LongTensor starts): row b sits at its own positions, sees only its own prefix (stale cache
+    entries of a longer past are masked), exactly as if that row were decoded alone."""
+    from vision_ar.registry import create
+
+    torch.manual_seed(0)
+    gpt = create("gpt-fmnist", n_layer=2, dim=64, n_head=2, block_size=16).eval()
+    seq = torch.randint(0, gpt.config.vocab_size, (2, 12))
+    cond = torch.tensor([3, 7])
+    gpt.setup_cache(2)
+    gpt.prefill(cond)
+    gpt.decode(seq[:, :10], 1)                       # both rows hold positions 0..10
+    starts = torch.tensor([4, 7])                    # row 0 rolls back to 4, row 1 to 7
+    window = torch.stack([seq[0, 3:6], seq[1, 6:9]])
+    got = gpt.decode(window, starts)
+    for b in range(2):
+        s = int(starts[b])
+        gpt.setup_cache(1)
+        gpt.prefill(cond[b:b + 1])
+        gpt.decode(seq[b:b + 1, : s - 1], 1)
+        ref = gpt.decode(window[b:b + 1], s)
+        assert torch.allclose(got[b], ref[0], atol=1e-5), b
+    assert gpt.per_row_positions

@@ -194,7 +194,7 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, row_starts: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, dim); rope (L, head_dim/2, 2) rows of x's positions.
 
         Without a cache: causal self-attention over x. With a cache: x's keys/values are appended to it and
@@ -207,7 +207,9 @@ class Attention(nn.Module):
         q = apply_rope(q.view(b, length, self.n_head, self.head_dim), rope).transpose(1, 2)
         k = apply_rope(k.view(b, length, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
         v = v.view(b, length, self.n_kv_head, self.head_dim).transpose(1, 2)
-        if cache is not None:
+        if cache is not None and row_starts is not None:  # each row writes at its own positions
+            k, v, mask = cache.append_rows(k, v, row_starts)
+        elif cache is not None:
             k, v = cache.append(k, v)
         if self.n_kv_head != self.n_head:
             k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
@@ -227,8 +229,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, rope, cache=None, mask=None):
-        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, cache, mask))
+    def forward(self, x, rope, cache=None, mask=None, row_starts=None):
+        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, cache, mask, row_starts))
         return x + self.drop_path(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -421,6 +423,18 @@ class GPT(PretrainedMixin, nn.Module):
             h = layer(h, rope, cache, mask)
         return self.output(self.norm(h)).float()
 
+    def _cached_step_rows(self, h: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Like _cached_step, but row b's tokens sit at positions starts[b].. (per-row accepted lengths)."""
+        pos = starts[:, None] + torch.arange(h.shape[1], device=h.device)  # (B, T)
+        rope = self.rope_rows(0, self.cache_capacity, h.device)[pos]       # (B, T, D/2, 2)
+        h = self.tok_dropout(h)
+        for layer, cache in zip(self.layers, self._caches):
+            h = layer(h, rope, cache, None, starts)
+        return self.output(self.norm(h)).float()
+
+    # Speculative decoding may give every row its own start position (decode with a (B,) LongTensor).
+    per_row_positions = True
+
     @torch.no_grad()
     def prefill(self, cond_idx: torch.Tensor) -> torch.Tensor:
         """Empty the cache, write the class-token position(s) and return the logits (B, V) of image token 0.
@@ -435,8 +449,11 @@ class GPT(PretrainedMixin, nn.Module):
         return self._cached_step(h, 0)[:, -1]
 
     @torch.no_grad()
-    def decode(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, start_pos: int | torch.Tensor) -> torch.Tensor:
         """Feed tokens (B, T) at absolute positions start_pos .. start_pos+T-1 -> logits (B, T, V).
+
+        start_pos may also be a (B,) LongTensor: row b then sits at start_pos[b].., sees only its own
+        positions < start_pos[b] in the cache (its later, stale entries are masked and overwritten).
 
         logits[:, i] predicts the token at position start_pos+i+1. Image token j lives at position j + 1.
         start_pos may be < cache_length: the cache is first rolled back to start_pos (speculative decoding
@@ -444,6 +461,17 @@ class GPT(PretrainedMixin, nn.Module):
         """
         self._check_tokens(tokens, "tokens")
         self._require_cache(tokens.shape[0])
+        if torch.is_tensor(start_pos) and start_pos.ndim == 1:  # one start per row
+            starts = start_pos.to(device=tokens.device, dtype=torch.long)
+            if starts.shape[0] != tokens.shape[0]:
+                raise ConfigError(f"start_pos has {starts.shape[0]} entries for {tokens.shape[0]} rows")
+            if int(starts.min()) < self.cls_token_num or int(starts.max()) > self.cache_length:
+                raise ConfigError(f"per-row start positions must be in [{self.cls_token_num}, cache_length="
+                                  f"{self.cache_length}], got {starts.tolist()}")
+            if int(starts.max()) + tokens.shape[1] > self.cache_capacity:
+                raise ConfigError(f"positions up to {int(starts.max()) + tokens.shape[1] - 1} do not fit the KV "
+                                  f"cache of {self.cache_capacity} positions; call setup_cache with a larger max_seq_len")
+            return self._cached_step_rows(self.tok_embeddings(tokens), starts)
         start_pos = int(start_pos)
         if not self.cls_token_num <= start_pos <= self.cache_length:
             raise ConfigError(f"start_pos={start_pos} must be in [{self.cls_token_num}, cache_length="

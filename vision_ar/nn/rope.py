@@ -35,16 +35,20 @@ def rope_2d_table(grid_size: int, head_dim: int, base: float = 10000, cls_token_
 
 
 def apply_rope(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive pairs (x[2i], x[2i+1]) of x (B, L, H, D) by the (cos, sin) rows table (L, D/2, 2).
+    """Rotate consecutive pairs (x[2i], x[2i+1]) of x (B, L, H, D) by the (cos, sin) rows table (L, D/2, 2)
+    (or (B, L, D/2, 2): one set of positions per row).
 
     Computed in float32 and cast back (as the official code), so half-precision models rotate identically.
     """
     b, length, h, d = x.shape
-    if table.shape[0] != length or table.shape[1] * 2 != d:
+    if table.ndim == 3:  # the same positions for every row
+        table = table[None]
+    # (B, L, D/2, 2): each row at its own positions (speculative decoding with per-row accepted lengths)
+    if table.shape[1] != length or table.shape[2] * 2 != d or table.shape[0] not in (1, b):
         raise ConfigError(f"RoPE table rows {tuple(table.shape)} do not fit the input {tuple(x.shape)}")
     pairs = x.float().reshape(b, length, h, d // 2, 2)
-    cos = table[None, :, None, :, 0]
-    sin = table[None, :, None, :, 1]
+    cos = table[:, :, None, :, 0]
+    sin = table[:, :, None, :, 1]
     x0, x1 = pairs[..., 0], pairs[..., 1]
     out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
     return out.flatten(3).type_as(x)
