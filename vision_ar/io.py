@@ -108,15 +108,10 @@ def unwrap_state_dict(sd: Mapping[str, Any], prefer: tuple[str, ...] = ("model",
     raise CheckpointError(f"no state_dict found in checkpoint; top-level keys are {sorted(sd)[:20]}")
 
 
-def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint",
-                           ignore: tuple[str, ...] = ()) -> None:
-    """Load with every mismatch listed at once: missing keys, unexpected keys, wrong shapes.
-
-    `ignore` names key suffixes that may be absent in the checkpoint (non-persistent caches the official
-    code stored, or buffers we rebuild deterministically).
-    """
+def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Load with every mismatch listed at once: missing keys, unexpected keys, wrong shapes."""
     own = model.state_dict()
-    missing = [k for k in own if k not in sd and not k.endswith(ignore or ("\0",))]
+    missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
@@ -130,7 +125,7 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], wha
             lines.append(f"  wrong shapes ({len(wrong)}): {wrong}")
         lines.append("  Check that the preset/config matches the checkpoint (depth, width, vocabulary, image size).")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict({k: v for k, v in sd.items()}, strict=False)
+    model.load_state_dict(dict(sd), strict=True)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -15,16 +15,10 @@ OFFICIAL = {"var": ("VARPipeline", "vae", "vae_ch160v4096z32.pth and var_d*.pth 
 
 
 def _classes():
+    from .gpt import GPTPipeline
     from .var import VARPipeline
 
-    classes = {"VARPipeline": VARPipeline}
-    try:
-        from .gpt import GPTPipeline
-
-        classes["GPTPipeline"] = GPTPipeline
-    except ModuleNotFoundError:
-        pass
-    return classes
+    return {"VARPipeline": VARPipeline, "GPTPipeline": GPTPipeline}
 
 
 def shipped_models() -> list[str]:

@@ -172,12 +172,15 @@ class MultiScaleResidualQuantizer(nn.Module):
     def phi(self, si: int) -> nn.Module:
         return self.quant_resi.phi(self.phi_index_per_scale[si])
 
-    def _scale_codes(self, f_rest: torch.Tensor, si: int) -> torch.LongTensor:
-        """(B*pn*pn,) nearest codes of the residual seen at scale si (area-downsampled except at the last)."""
-        B, C, H, W = f_rest.shape
-        pn = self.patch_nums[si]
+    def _scale_residual(self, f_rest: torch.Tensor, si: int) -> torch.Tensor:
+        """(B*pn*pn, C) residual vectors seen at scale si (area-downsampled except at the last), row-major."""
+        C, pn = f_rest.shape[1], self.patch_nums[si]
         r = f_rest if si == self.num_scales - 1 else F.interpolate(f_rest, size=(pn, pn), mode="area")
-        return nearest_code(r.permute(0, 2, 3, 1).reshape(-1, C), self.embedding.weight, cosine=self.using_znorm)
+        return r.permute(0, 2, 3, 1).reshape(-1, C)
+
+    def _scale_codes(self, f_rest: torch.Tensor, si: int) -> torch.LongTensor:
+        """(B*pn*pn,) nearest codes of the residual seen at scale si."""
+        return nearest_code(self._scale_residual(f_rest, si), self.embedding.weight, cosine=self.using_znorm)
 
     def _codes_to_h(self, idx_Bhw: torch.LongTensor, si: int, H: int, W: int) -> torch.Tensor:
         """Phi(upsampled embedding) of one scale's (B,pn,pn) codes: this scale's addition to f_hat."""
@@ -212,12 +215,12 @@ class MultiScaleResidualQuantizer(nn.Module):
         pool = []  # residual vectors the codes were matched against (dead-code restart candidates)
         with torch.autocast(device_type=f.device.type, enabled=False):
             for si, pn in enumerate(self.patch_nums):
-                idx_N = self._scale_codes(f_rest, si)
+                rest_N = self._scale_residual(f_rest, si)
+                idx_N = nearest_code(rest_N, self.embedding.weight, cosine=self.using_znorm)
                 self._record_hits(si, idx_N)
                 if restart:
                     self.restart_hits_V += idx_N.bincount(minlength=self.vocab_size).float()
-                    r = f_rest if si == self.num_scales - 1 else F.interpolate(f_rest, size=(pn, pn), mode="area")
-                    pool.append(r.permute(0, 2, 3, 1).reshape(-1, C))
+                    pool.append(rest_N)
                 h = self._codes_to_h(idx_N.view(B, pn, pn), si, H, W)
                 f_hat = f_hat + h
                 f_rest = f_rest - h.detach()

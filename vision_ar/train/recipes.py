@@ -16,7 +16,6 @@ from ..errors import ConfigError, MissingFileError
 from ..registry import create, get_preset, list_presets
 
 TOKENIZER_FAMILIES = ("var-tokenizer", "vq-tokenizer")
-GENERATOR_FAMILIES = ("var", "next-token")
 
 
 def list_models():
