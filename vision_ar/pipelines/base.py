@@ -103,6 +103,10 @@ class Pipeline:
     def default_settings(self) -> dict:
         return {}
 
+    def setting(self, value, key: str):
+        """A call's argument, or the pipeline's default when the caller left it as None."""
+        return self.defaults[key] if value is None else value
+
     @property
     def num_classes(self) -> int:
         return self.generator.config.num_classes

@@ -36,22 +36,21 @@ class GPTPipeline(Pipeline):
         from ..sampling.jacobi import sjd_generate
         from ..sampling.token_loop import generate
 
-        d = self.defaults
-        sampler = d["sampler"] if sampler in (None, "default") else sampler
+        pick = self.setting
+        sampler = pick(None if sampler == "default" else sampler, "sampler")
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {sampler!r}; choose 'loop' (plain KV-cached loop) or 'sjd'")
         labels = check_class_labels(class_labels, self.num_classes)
         device = next(self.gpt.parameters()).device
         cond = torch.tensor(labels, dtype=torch.long, device=device)
-        settings = dict(cfg_scale=check_guidance(d["guidance_scale"] if guidance_scale is None else guidance_scale),
-                        temperature=d["temperature"] if temperature is None else temperature,
-                        top_k=d["top_k"] if top_k is None else top_k, top_p=d["top_p"] if top_p is None else top_p,
-                        generator=generator)
+        settings = dict(cfg_scale=check_guidance(pick(guidance_scale, "guidance_scale")),
+                        temperature=pick(temperature, "temperature"), top_k=pick(top_k, "top_k"),
+                        top_p=pick(top_p, "top_p"), generator=generator)
         n = self.gpt.config.block_size
         t0 = time.perf_counter()
         if sampler == "sjd":
-            tokens, st = sjd_generate(self.gpt, cond, n, window_length=sjd_window or d["sjd_window"],
-                                      init=sjd_init or d["sjd_init"], return_stats=True, **settings)
+            tokens, st = sjd_generate(self.gpt, cond, n, window_length=pick(sjd_window, "sjd_window"),
+                                      init=pick(sjd_init, "sjd_init"), return_stats=True, **settings)
             stats = st.summary()
         else:
             tokens = generate(self.gpt, cond, n, **settings)

@@ -38,8 +38,7 @@ class VARPipeline(Pipeline):
         if sampler not in ("next_scale", "default"):
             raise ConfigError(f"VAR draws whole scales at once; sampler {sampler!r} does not apply "
                               f"(use the default next-scale sampler)")
-        d = self.defaults
-        pick = lambda value, key: d[key] if value is None else value  # noqa: E731
+        pick = self.setting
         labels = check_class_labels(class_labels, self.num_classes)
         cfg = check_guidance(pick(guidance_scale, "guidance_scale"))
         t0 = time.perf_counter()
