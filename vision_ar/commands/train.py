@@ -42,6 +42,11 @@ def add_parser(sub):
     p.add_argument("--lpips-lin", help="LPIPS linear weights vgg.pth (local file)")
     p.add_argument("--disc-weight", type=float, default=0.0, help="> 0 turns the PatchGAN loss on")
     p.add_argument("--disc-start", type=int, default=0)
+    p.add_argument("--init", metavar="FOLDER", help="tokenizer training: start from a trained tokenizer folder "
+                   "(its config.json wins over --model)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="tokenizer training: fine-tune only the decoder on the frozen codes of --init (generators "
+                        "trained on those codes stay valid)")
     p.set_defaults(func=run)
 
 

@@ -202,7 +202,17 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         return self.fhat_to_img(f_hats) if last_one else [self.fhat_to_img(f) for f in f_hats]
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+        return self.decode_latents(f_hat).clamp_(-1, 1)
+
+    # ---- decoder fine-tuning: frozen codes in, trainable decoder out --------------------------------
+    @torch.no_grad()
+    def quantized_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images -> the f_hat the decoder sees (sum of every scale's codes), without gradients."""
+        return self.quantize.f_to_idx_or_fhat(self.img_to_latent(images), to_fhat=True)[-1]
+
+    def decode_latents(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat (B,Cvae,h,w) -> images, not clamped (the decoder half, trained by decoder fine-tuning)."""
+        return self.decoder(self.post_quant_conv(f_hat))
 
     def img_to_reconstructed_img(self, images: torch.Tensor, last_one: bool = False):
         """images -> reconstruction from all scales (last_one) or one per prefix of scales, clamped."""

@@ -191,6 +191,11 @@ class VQModel(PretrainedMixin, nn.Module):
         """images (B, 3, H, W) in [-1, 1] -> code ids (B, H/f, W/f) int64, raster order when flattened."""
         return self.encode_with_latents(images)[1]
 
+    @torch.no_grad()
+    def quantized_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images -> the code vectors the decoder sees, without gradients (decoder fine-tuning)."""
+        return self.encode_with_latents(images)[0]
+
     # --- tokens -> images ----------------------------------------------------------------------------
     def decode_latents(self, quant: torch.Tensor) -> torch.Tensor:
         """(B, e_dim, h, w) code vectors -> images (B, 3, h*f, w*f) (not clamped: may leave [-1, 1])."""

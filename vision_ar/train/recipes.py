@@ -104,12 +104,15 @@ def train_tokenizer(args, train_overrides: dict):
     from .loop import train
     from .tokenizer_task import TokenizerLossConfig, TokenizerTask
 
-    model = build_model(args.model, _model_overrides(args), TOKENIZER_FAMILIES)
+    init = getattr(args, "init", None)
+    if getattr(args, "decoder_only", False) and not init:
+        raise ConfigError("--decoder-only fine-tunes a trained tokenizer: pass --init FOLDER (e.g. runs/fm_vq/final)")
+    model = load_model_folder(init) if init else build_model(args.model, _model_overrides(args), TOKENIZER_FAMILIES)
     model.train().requires_grad_(True)
     dataset = build_dataset(args.data, args.image_size, limit=args.limit)
     loss_cfg = TokenizerLossConfig(lpips_weight=args.lpips_weight, lpips_vgg_path=args.lpips_vgg,
                                    lpips_lin_path=args.lpips_lin, disc_weight=args.disc_weight,
-                                   disc_start=args.disc_start)
+                                   disc_start=args.disc_start, decoder_only=getattr(args, "decoder_only", False))
     task = TokenizerTask(model, loss_cfg)
     cfg = _train_config(args, train_overrides, {**TOKENIZER_DEFAULTS, "disc_start_step": args.disc_start})
     return train(task, dataset, cfg)
