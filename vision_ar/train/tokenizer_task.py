@@ -80,8 +80,9 @@ class TokenizerTask:
         modes = [m.training for m in self.frozen]
         for m in self.frozen:
             m.eval()  # eval: the quantizer must not count hits or restart codes
-        try:
-            z = tok.quantized_latents(x)
+        try:  # in fp32 even under autocast: the codes must be exactly those the generator was trained on
+            with torch.autocast(x.device.type, enabled=False):
+                z = tok.quantized_latents(x.float())
         finally:
             for m, mode in zip(self.frozen, modes):
                 m.train(mode)
