@@ -21,7 +21,7 @@ cache is rolled back to the committed prefix, never recomputed.
 
 Conventions shared with the plain loop (`token_loop.generate`): doubled CFG batch [cond; uncond], guided
 logits `uncond + (cond - uncond) * cfg_scale`, `cfg_interval`, then temperature / top-k / top-p
-(`token_filters.logits_to_probs`). Only the guided, filtered distribution is verified, and the residual is
+(`logits.token_probs` with the sampler's `SamplingConvention`, LlamaGen's by default). Only the guided, filtered distribution is verified, and the residual is
 taken of that same distribution. (The official SJD code re-applies temperature / top-k to the log-residual,
 which changes the distribution when temperature != 1; here the residual is exact, hence lossless.)
 
@@ -49,8 +49,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .jacobi_kernels import accept_resample
-from .token_filters import check_sampling_args, logits_to_probs
-from .token_loop import guided_logits
+from .logits import LLAMAGEN_SAMPLING, SamplingConvention, check_sampling_args, guided_logits, token_probs
 
 DEFAULT_WINDOW = 16
 DRAFT_INITS = ("random", "horizontal", "horizontal-argmax", "vertical")
@@ -102,7 +101,8 @@ def _check_model(model) -> None:
                           f"(setup_cache / prefill / decode / truncate_cache / cache_length).")
 
 
-def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, window_length, init, grid_width):
+def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, window_length, init, grid_width,
+                no_guidance):
     if not isinstance(cond, torch.Tensor) or cond.ndim != 1 or cond.is_floating_point() or cond.numel() == 0:
         raise ConfigError(f"cond must be a non-empty 1-D integer tensor of class labels (B,), got "
                           f"{getattr(cond, 'shape', type(cond))}.")
@@ -114,7 +114,7 @@ def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, window_len
     if max_new_tokens < 1 or (block_size is not None and max_new_tokens > block_size):
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, block_size={block_size}].")
     if cfg_scale < 0:
-        raise ConfigError(f"cfg_scale={cfg_scale} must be >= 0 (<= 1 disables guidance).")
+        raise ConfigError(f"cfg_scale={cfg_scale} must be >= 0 (<= {no_guidance:g} disables guidance).")
     if int(cfg_interval) != cfg_interval or cfg_interval < -1:
         raise ConfigError(f"cfg_interval={cfg_interval} must be an integer >= -1 (-1 = guide every token).")
     if isinstance(window_length, bool) or int(window_length) != window_length or window_length < 1:
@@ -214,7 +214,7 @@ def sjd_generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, c
                  cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  generator: torch.Generator | None = None, window_length: int | None = None, init: str = "random",
                  grid_width: int | None = None, backend: str = "auto", accept_step: AcceptStep | None = None,
-                 return_stats: bool = False):
+                 return_stats: bool = False, convention: SamplingConvention = LLAMAGEN_SAMPLING):
     """Sample (B, max_new_tokens) int64 image tokens per label with SJD; same distribution as
     `token_loop.generate` with the same settings.
 
@@ -225,6 +225,7 @@ def sjd_generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, c
     backend: fused accept/resample step, 'auto' (Triton on CUDA) | 'torch' | 'triton'.
     accept_step: replace that step (same signature as jacobi_kernels.accept_resample_torch); tests only.
     return_stats: also return an `SJDStats` (forwards, acceptance lengths).
+    convention: guidance form and filters (sampling/logits.py), as for the plain loop.
     """
     _check_model(model)
     if max_new_tokens is None:
@@ -235,10 +236,10 @@ def sjd_generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, c
     if window_length is None:
         window_length = min(DEFAULT_WINDOW, max(N, 1))
     L = window_length
-    _check_args(model, cond, N, cfg_scale, cfg_interval, window_length, init, grid_width)
-    check_sampling_args(temperature, top_k, top_p)
+    _check_args(model, cond, N, cfg_scale, cfg_interval, window_length, init, grid_width, convention.no_guidance)
+    check_sampling_args(convention, top_k=top_k, top_p=top_p, temperature=temperature)
     width = _grid_width(N, grid_width, init)
-    use_cfg = cfg_scale > 1.0
+    use_cfg = cfg_scale > convention.no_guidance
     per_row = bool(getattr(model, "per_row_positions", False))
     step = accept_step or (lambda *a: accept_resample(*a, backend=backend))
     device = cond.device
@@ -250,13 +251,13 @@ def sjd_generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, c
         would draw each of them from (guidance, temperature, top-k, top-p), float32 (B, T, V)."""
         logits = logits.float()
         if use_cfg:
-            guided = guided_logits(logits, cfg_scale)
+            guided = guided_logits(logits, cfg_scale, convention)
             if cfg_interval > -1:  # plain loop: decode step i (token i+1) is unguided when i > cfg_interval
                 guide = (positions - 1 <= cfg_interval) | (positions == 0)
                 logits = torch.where(guide[..., None], guided, logits[:B])
             else:
                 logits = guided
-        return logits_to_probs(logits, temperature, top_k, top_p)
+        return token_probs(logits, convention, temperature=temperature, top_k=top_k, top_p=top_p)
 
     def race(probs: torch.Tensor) -> torch.Tensor:
         """One draw per row of probs (..., V) by the exponential race (same law as torch.multinomial)."""
