@@ -22,8 +22,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..nn.conv_blocks import Decoder, Encoder
 from ..registry import register_preset
-from .llamagen_conv import Decoder, Encoder
+from .llamagen_conv import LLAMAGEN_CONV_BODY
 
 USAGE_WINDOW = 65536  # length of the official `codebook_used` buffer
 
@@ -153,10 +154,10 @@ class VQModel(PretrainedMixin, nn.Module):
     def __init__(self, config: VQConfig):
         super().__init__()
         self.config = cfg = config
-        self.encoder = Encoder(cfg.in_channels, cfg.ch, cfg.encoder_ch_mult, cfg.num_res_blocks, cfg.dropout_p,
-                               cfg.z_channels)
-        self.decoder = Decoder(cfg.z_channels, cfg.ch, cfg.decoder_ch_mult, cfg.num_res_blocks, cfg.dropout_p,
-                               cfg.out_channels)
+        body = dict(ch=cfg.ch, num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout_p, z_channels=cfg.z_channels,
+                    style=LLAMAGEN_CONV_BODY)  # attention at the deepest level and in the middle, as official
+        self.encoder = Encoder(in_channels=cfg.in_channels, ch_mult=cfg.encoder_ch_mult, **body)
+        self.decoder = Decoder(out_channels=cfg.out_channels, ch_mult=cfg.decoder_ch_mult, **body)
         self.quantize = VectorQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_embed_dim, cfg.z_channels, 1)
