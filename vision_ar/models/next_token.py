@@ -40,6 +40,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
 from ..nn.attention import attend
+from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
 from ..nn.norms import RMSNorm
 from ..nn.rope import apply_rope, rope_2d_table
@@ -163,21 +164,6 @@ class LabelEmbedder(nn.Module):
             drop = torch.rand(labels.shape[0], device=labels.device, generator=generator) < self.dropout_prob
             labels = torch.where(drop, self.num_classes, labels)
         return self.embedding_table(labels).unsqueeze(1)  # (B, 1, dim)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop a whole residual branch per sample in training, rescale survivors."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
 
 
 class Attention(nn.Module):
