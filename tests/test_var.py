@@ -224,12 +224,12 @@ def test_official_checkpoint_loader(var, tmp_path):
     atomic_torch_save(var.state_dict(), path)
     sizes = {k: getattr(var.config, k) for k in ("vocab_size", "Cvae", "num_classes", "depth", "embed_dim",
                                                    "num_heads", "patch_nums", "shared_aln")}
-    loaded = VAR.from_official_checkpoint(path, "var-d16", **sizes)
+    loaded = VAR.from_official(path, "var-d16", **sizes)
     x = torch.randn(1, var.L - var.first_l, CVAE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(torch.tensor([4]), x), var(torch.tensor([4]), x))
     with pytest.raises(CheckpointError, match="missing keys"):
-        VAR.from_official_checkpoint(path, "var-d16", **{**sizes, "depth": 3})
+        VAR.from_official(path, "var-d16", **{**sizes, "depth": 3})
 
 
 def test_presets_registered():

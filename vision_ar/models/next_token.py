@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..io import PretrainedMixin, load_state_dict_strict, read_official_checkpoint
 from ..nn.attention import attend
 from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
@@ -225,6 +225,7 @@ class TransformerBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 class GPT(PretrainedMixin, nn.Module):
     config_class = GPTConfig
+    preset_family = "next-token"
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -473,24 +474,17 @@ class GPT(PretrainedMixin, nn.Module):
     # ----------------------------------------------------------------------------------------------
     # Official checkpoints
     # ----------------------------------------------------------------------------------------------
-    def load_official_state_dict(self, sd) -> "GPT":
-        """Load an official LlamaGen state_dict (or a checkpoint dict holding it under 'model'/'module'/...)."""
-        sd = unwrap_state_dict(sd, prefer=("model", "module", "state_dict", "ema"))
+    @classmethod
+    def from_official(cls, path_or_state_dict, config: GPTConfig | str, **overrides) -> "GPT":
+        """`GPT.from_official("c2i_L_256.pt", "gpt-l")`: build the preset (or config) and load the official
+        LlamaGen weights (a file, or a dict holding them under 'model'/'module'/...) strictly. Eval mode."""
+        what = "LlamaGen GPT checkpoint"
+        sd = read_official_checkpoint(path_or_state_dict, what, prefer=("model", "module", "state_dict", "ema"))
         # Older official files may carry the RoPE table or gpt-fast KV caches; both are rebuilt here.
         sd = {k: v for k, v in sd.items() if k != "freqs_cis" and ".kv_cache." not in k and k != "causal_mask"}
-        load_state_dict_strict(self, sd, what="LlamaGen GPT checkpoint")
-        return self
-
-    @classmethod
-    def from_official(cls, path, config: GPTConfig | str, **overrides) -> "GPT":
-        """`GPT.from_official("c2i_L_256.pt", "gpt-l")`: build the preset (or config) and load the file."""
-        if isinstance(config, str):
-            from ..registry import create
-
-            model = create(config, **overrides)
-        else:
-            model = cls(config.replace(**overrides) if overrides else config)
-        return model.load_official_state_dict(load_checkpoint(path, "LlamaGen GPT checkpoint")).eval()
+        model = cls.build_for_official(config, overrides)
+        load_state_dict_strict(model, sd, what=what)
+        return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------

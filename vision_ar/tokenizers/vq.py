@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..io import PretrainedMixin, load_state_dict_strict, read_official_checkpoint
 from ..nn.conv_blocks import Decoder, Encoder
 from ..registry import register_preset
 from .llamagen_conv import LLAMAGEN_CONV_BODY
@@ -150,6 +150,7 @@ class VectorQuantizer(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 class VQModel(PretrainedMixin, nn.Module):
     config_class = VQConfig
+    preset_family = "vq-tokenizer"
 
     def __init__(self, config: VQConfig):
         super().__init__()
@@ -243,21 +244,15 @@ class VQModel(PretrainedMixin, nn.Module):
         return rec, quant_loss, stats
 
     # --- official checkpoints ------------------------------------------------------------------------
-    def load_official_state_dict(self, sd) -> "VQModel":
-        sd = unwrap_state_dict(sd, prefer=("model", "state_dict", "ema"))
-        load_state_dict_strict(self, sd, what="LlamaGen VQ checkpoint")
-        return self
-
     @classmethod
-    def from_official(cls, path, config: VQConfig | str = "vq-16", **overrides) -> "VQModel":
-        """`VQModel.from_official("vq_ds16_c2i.pt", "vq-16")`."""
-        if isinstance(config, str):
-            from ..registry import create
-
-            model = create(config, **overrides)
-        else:
-            model = cls(config.replace(**overrides) if overrides else config)
-        return model.load_official_state_dict(load_checkpoint(path, "LlamaGen VQ checkpoint")).eval()
+    def from_official(cls, path_or_state_dict, config: VQConfig | str = "vq-16", **overrides) -> "VQModel":
+        """`VQModel.from_official("vq_ds16_c2i.pt", "vq-16")`: the weights under "model" (or a plain
+        state_dict, or the dict itself), loaded strictly into the preset or config. Returns it in eval mode."""
+        what = "LlamaGen VQ checkpoint"
+        sd = read_official_checkpoint(path_or_state_dict, what, prefer=("model", "state_dict", "ema"))
+        model = cls.build_for_official(config, overrides)
+        load_state_dict_strict(model, sd, what=what)
+        return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------
