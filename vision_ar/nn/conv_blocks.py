@@ -137,6 +137,13 @@ def _attn_levels(num_levels: int, attn_levels: Sequence[int] | None, using_sa: b
     return set(attn_levels)
 
 
+def _checked_attn_levels(ch: int, ch_mult: Sequence[int], num_res_blocks: int, attn_levels: Sequence[int] | None,
+                         using_sa: bool) -> set[int]:
+    """Check the body's sizes (before any layer is built) and say which levels carry attention."""
+    _check_body(ch, ch_mult, num_res_blocks)
+    return _attn_levels(len(ch_mult), attn_levels, using_sa)
+
+
 def _check_body(ch: int, ch_mult: Sequence[int], num_res_blocks: int) -> None:
     if ch < 1:
         raise ConfigError(f"ch must be >= 1, got {ch}")
@@ -203,11 +210,10 @@ class Encoder(nn.Module):
                  using_sa: bool = True, using_mid_sa: bool = True, attn_levels: Sequence[int] | None = None,
                  style: ConvBodyStyle = VAR_CONV_BODY):
         super().__init__()
-        _check_body(ch, ch_mult, num_res_blocks)
+        attn_at = _checked_attn_levels(ch, ch_mult, num_res_blocks, attn_levels, using_sa)
         self.style = style
         self.num_levels = len(ch_mult)
         self.downsample_ratio = 2 ** (self.num_levels - 1)
-        attn_at = _attn_levels(self.num_levels, attn_levels, using_sa)
 
         self.conv_in = nn.Conv2d(in_channels, ch, kernel_size=3, stride=1, padding=1)
         stages = nn.ModuleList()
@@ -245,10 +251,9 @@ class Decoder(nn.Module):
                  using_sa: bool = True, using_mid_sa: bool = True, attn_levels: Sequence[int] | None = None,
                  style: ConvBodyStyle = VAR_CONV_BODY):
         super().__init__()
-        _check_body(ch, ch_mult, num_res_blocks)
+        attn_at = _checked_attn_levels(ch, ch_mult, num_res_blocks, attn_levels, using_sa)
         self.style = style
         self.num_levels = len(ch_mult)
-        attn_at = _attn_levels(self.num_levels, attn_levels, using_sa)
 
         width = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, width, kernel_size=3, stride=1, padding=1)
