@@ -1,5 +1,4 @@
 """MultiScaleVQVAE without fixtures: input checks, folder round trip, shapes, training gradients, quantizer pieces."""
-import dataclasses
 
 import pytest
 import torch
