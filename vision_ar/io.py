@@ -108,6 +108,21 @@ def unwrap_state_dict(sd: Mapping[str, Any], prefer: tuple[str, ...] = ("model",
     raise CheckpointError(f"no state_dict found in checkpoint; top-level keys are {sorted(sd)[:20]}")
 
 
+def read_official_checkpoint(source, what: str, prefer: tuple[str, ...] = ("model", "state_dict", "ema")) -> dict:
+    """An official checkpoint given as a local path (read safely, see `load_checkpoint`) or as an already-loaded
+    dict -> its flat tensor state_dict (unwrapped from {'model': ...}-style nesting, trying `prefer` in order)."""
+    if isinstance(source, (str, os.PathLike)):
+        source = load_checkpoint(source, what)
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"{what}: expected a checkpoint path or a state_dict, got {type(source).__name__}.")
+    return unwrap_state_dict(source, prefer)
+
+
+def describe_source(source) -> str:
+    """How errors name where official weights came from: the path, or 'state_dict' for an in-memory dict."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else "state_dict"
+
+
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
     """Load with every mismatch listed at once: missing keys, unexpected keys, wrong shapes."""
     own = model.state_dict()
@@ -179,6 +194,39 @@ class PretrainedMixin:
             if f.name in d and isinstance(d[f.name], list):
                 d[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in d[f.name])
         return cls.config_class(**d)
+
+    # --- official checkpoints: every model class has `from_official(path_or_state_dict, config, **overrides)` --
+    preset_family: str = None  # type: ignore[assignment]  # registry family whose presets build this class
+
+    @classmethod
+    def official_model_config(cls, config, overrides: dict):
+        """The config an official checkpoint loads into: a preset name of `preset_family` or a config object,
+        with `overrides` applied. Returns the preset name (a str) or the config (so callers choose the device)."""
+        if isinstance(config, str):
+            from .registry import get_preset, list_presets
+
+            if get_preset(config).family != cls.preset_family:  # raises with the known names when unknown
+                raise ConfigError(f"preset '{config}' is not a {cls.__name__} preset ({cls.preset_family}); use one "
+                                  f"of {', '.join(list_presets(cls.preset_family))}.")
+            return config
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(f"config must be a {cls.config_class.__name__} or a preset name, got "
+                              f"{type(config).__name__}.")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+        if unknown:
+            raise ConfigError(f"unknown {type(config).__name__} fields {unknown}; known: "
+                              f"{[f.name for f in dataclasses.fields(config)]}")
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+    @classmethod
+    def build_for_official(cls, config, overrides: dict):
+        """A freshly initialised model for `official_model_config(config, overrides)`."""
+        config = cls.official_model_config(config, overrides)
+        if isinstance(config, str):
+            from .registry import create
+
+            return create(config, **overrides)
+        return cls(config)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, map_location: str = "cpu"):

@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..io import PretrainedMixin, load_state_dict_strict, read_official_checkpoint
 from ..nn.attention import attend
+from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
 from ..nn.norms import RMSNorm
 from ..nn.rope import apply_rope, rope_2d_table
@@ -165,21 +166,6 @@ class LabelEmbedder(nn.Module):
         return self.embedding_table(labels).unsqueeze(1)  # (B, 1, dim)
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop a whole residual branch per sample in training, rescale survivors."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -239,6 +225,7 @@ class TransformerBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 class GPT(PretrainedMixin, nn.Module):
     config_class = GPTConfig
+    preset_family = "next-token"
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -487,24 +474,17 @@ class GPT(PretrainedMixin, nn.Module):
     # ----------------------------------------------------------------------------------------------
     # Official checkpoints
     # ----------------------------------------------------------------------------------------------
-    def load_official_state_dict(self, sd) -> "GPT":
-        """Load an official LlamaGen state_dict (or a checkpoint dict holding it under 'model'/'module'/...)."""
-        sd = unwrap_state_dict(sd, prefer=("model", "module", "state_dict", "ema"))
+    @classmethod
+    def from_official(cls, path_or_state_dict, config: GPTConfig | str, **overrides) -> "GPT":
+        """`GPT.from_official("c2i_L_256.pt", "gpt-l")`: build the preset (or config) and load the official
+        LlamaGen weights (a file, or a dict holding them under 'model'/'module'/...) strictly. Eval mode."""
+        what = "LlamaGen GPT checkpoint"
+        sd = read_official_checkpoint(path_or_state_dict, what, prefer=("model", "module", "state_dict", "ema"))
         # Older official files may carry the RoPE table or gpt-fast KV caches; both are rebuilt here.
         sd = {k: v for k, v in sd.items() if k != "freqs_cis" and ".kv_cache." not in k and k != "causal_mask"}
-        load_state_dict_strict(self, sd, what="LlamaGen GPT checkpoint")
-        return self
-
-    @classmethod
-    def from_official(cls, path, config: GPTConfig | str, **overrides) -> "GPT":
-        """`GPT.from_official("c2i_L_256.pt", "gpt-l")`: build the preset (or config) and load the file."""
-        if isinstance(config, str):
-            from ..registry import create
-
-            model = create(config, **overrides)
-        else:
-            model = cls(config.replace(**overrides) if overrides else config)
-        return model.load_official_state_dict(load_checkpoint(path, "LlamaGen GPT checkpoint")).eval()
+        model = cls.build_for_official(config, overrides)
+        load_state_dict_strict(model, sd, what=what)
+        return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------

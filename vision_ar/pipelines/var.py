@@ -54,9 +54,9 @@ class VARPipeline(Pipeline):
     def from_official(cls, preset: str, vae_path: str, checkpoint_path: str, device: str = "cpu"):
         """An official VAR release: `vae_ch160v4096z32.pth` + `var_d{16,20,24,30,36}.pth`, loaded as they are."""
         from ..models.next_scale import VAR
-        from ..tokenizers.multiscale import from_official_checkpoint
+        from ..tokenizers.multiscale import MultiScaleVQVAE
 
-        var = VAR.from_official_checkpoint(checkpoint_path, preset=preset)
+        var = VAR.from_official(checkpoint_path, preset)
         # The 512px model (var-d36) uses the same VQ-VAE weights with its own scale schedule.
-        vae = from_official_checkpoint(vae_path, patch_nums=var.config.patch_nums)
+        vae = MultiScaleVQVAE.from_official(vae_path, patch_nums=var.config.patch_nums)
         return cls(vae, var).to(device)

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from ..errors import ConfigError
-from .logits import check_sampling_args, gumbel_softmax, sample_tokens, var_cfg, var_guidance_ratio
+from .logits import VAR_SAMPLING, check_sampling_args, gumbel_softmax, sample_tokens, var_cfg, var_guidance_ratio
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
     """
     if not cfg >= 0:
         raise ConfigError(f"cfg={cfg!r} must be >= 0 (0 = no guidance; VAR uses 1.5 for FID, ~4 for visuals).")
-    check_sampling_args(top_k, top_p, temperature)
+    check_sampling_args(VAR_SAMPLING, top_k=top_k, top_p=top_p, temperature=temperature)
     _check_pair(var, vae)
     device = var.pos_1LC.device
     if generator is not None and torch.device(generator.device).type != device.type:
@@ -120,7 +120,8 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
         for si, pn in enumerate(var.patch_nums):
             ratio = var_guidance_ratio(si, S)
             logits = var_cfg(var.forward_scale(x, cond_BD), cfg, si, S)  # (B, pn^2, V)
-            drawn = sample_tokens(logits, generator, top_k=top_k, top_p=top_p, temperature=temperature)
+            drawn = sample_tokens(logits, VAR_SAMPLING, generator, top_k=top_k, top_p=top_p,
+                                  temperature=temperature)
             idx_Bl = drawn.tokens
             if not more_smooth:
                 h_BlC = codebook(idx_Bl)
