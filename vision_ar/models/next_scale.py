@@ -51,6 +51,7 @@ from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
 from ..nn.mlp import FFN
 from ..registry import register_preset
+from ..tokens import TokenLayout
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
@@ -451,6 +452,11 @@ class VAR(PretrainedMixin, nn.Module):
             raise ConfigError("forward_scale needs the KV caches: call var.start_inference(batch_size) first "
                               "(or use `with var.inference(batch_size):`).")
         return self._run_blocks(x_BlC, cond_BD, attn_bias=None)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """The per-scale token pyramid this VAR predicts (coarse to fine)."""
+        return TokenLayout.pyramid(self.patch_nums, vocab_size=self.V)
 
     # ------------------------------------------------------------------------------------------------
     # official checkpoints

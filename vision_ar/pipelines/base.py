@@ -87,14 +87,15 @@ def write_pipeline_config(folder: str | os.PathLike, cfg: dict) -> None:
 class Pipeline:
     """Save/load shared by every pipeline: `pipeline.json` + one folder per component.
 
-    Subclasses set `tokenizer_class` / `generator_class` (import paths, resolved lazily) and keep their
-    components in `self.tokenizer` / `self.generator`; `defaults` are sampling settings, `class_names` labels.
+    Subclasses keep their components in `self.tokenizer` / `self.generator`; `defaults` are sampling settings,
+    `class_names` labels. The pair must be one registered family's, with matching sizes (checked here); the
+    component classes of a folder are resolved through the registered families (vision_ar/family.py).
     """
 
-    tokenizer_class: str = ""
-    generator_class: str = ""
-
     def __init__(self, tokenizer, generator, defaults: dict | None = None, class_names: list[str] | None = None):
+        from ..family import family_of
+
+        family_of(tokenizer=tokenizer, generator=generator)  # a pair from two families or of other sizes raises
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
         self.defaults = {**self.default_settings(), **(defaults or {})}
@@ -124,17 +125,18 @@ class Pipeline:
                                        "class_names": self.class_names})
         return folder
 
-    @staticmethod
-    def _resolve(path: str):
-        import importlib
-
-        module, name = path.rsplit(".", 1)
-        return getattr(importlib.import_module(module), name)
-
     @classmethod
     def from_pretrained(cls, folder, device: str = "cpu"):
+        from ..family import model_class
+
         folder = Path(folder)
         cfg = read_pipeline_config(folder)
-        tokenizer = cls._resolve(cls.tokenizer_class).from_pretrained(folder / "tokenizer")
-        generator = cls._resolve(cls.generator_class).from_pretrained(folder / "generator")
-        return cls(tokenizer, generator, cfg.get("defaults"), cfg.get("class_names")).to(device)
+        parts = {}
+        for part in ("tokenizer", "generator"):
+            config_path = folder / part / "config.json"
+            if not config_path.is_file():
+                raise MissingFileError(f"{config_path} not found: a pipeline folder holds {PIPELINE_CONFIG} plus "
+                                       f"tokenizer/ and generator/ folders (written by Pipeline.save_pretrained)")
+            name = json.loads(config_path.read_text()).get("_class", "")
+            parts[part] = model_class(name, role=part).from_pretrained(folder / part)
+        return cls(parts["tokenizer"], parts["generator"], cfg.get("defaults"), cfg.get("class_names")).to(device)

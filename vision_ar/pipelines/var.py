@@ -10,10 +10,6 @@ from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, 
 
 
 class VARPipeline(Pipeline):
-    family = "var"
-    tokenizer_class = "vision_ar.tokenizers.multiscale.MultiScaleVQVAE"
-    generator_class = "vision_ar.models.next_scale.VAR"
-
     def default_settings(self) -> dict:
         # VAR's CFG convention: logits = (1+t) cond - t uncond with t ramped from 0 to cfg over the scales,
         # so cfg=0 means no guidance. top_k/top_p as in VAR's demo.
