@@ -43,6 +43,7 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
+from ..conditioning import check_label_range
 from ..errors import ConfigError
 from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
 from ..nn.adaln import AdaLNHeadNorm, AdaLNProjection, modulate
@@ -330,11 +331,8 @@ class VAR(PretrainedMixin, nn.Module):
         if not isinstance(label_B, torch.Tensor) or label_B.ndim != 1 or label_B.dtype.is_floating_point:
             raise ConfigError(f"class labels must be a 1-D integer tensor (B,), got "
                               f"{getattr(label_B, 'shape', type(label_B))}; pass torch.tensor([207, 360]).")
-        hi = self.num_classes if allow_null else self.num_classes - 1
-        if label_B.numel() and (int(label_B.min()) < 0 or int(label_B.max()) > hi):
-            raise ConfigError(f"class id out of range: labels {label_B.tolist()} but this VAR has num_classes="
-                              f"{self.num_classes} (valid 0..{self.num_classes - 1}"
-                              f"{f'; {self.num_classes} = unconditional' if allow_null else ''}).")
+        if label_B.numel():
+            check_label_range(label_B.tolist(), self.num_classes, allow_null=allow_null)
 
     def _check_teacher_input(self, label_B: torch.Tensor, x: torch.Tensor) -> None:
         want = (self.L - self.first_l, self.Cvae)

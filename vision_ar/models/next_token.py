@@ -38,6 +38,7 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
+from ..conditioning import check_label_range
 from ..errors import ConfigError
 from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
 from ..nn.attention import attend
@@ -304,11 +305,9 @@ class GPT(PretrainedMixin, nn.Module):
         if not isinstance(cond_idx, torch.Tensor) or cond_idx.ndim != 1 or cond_idx.is_floating_point():
             raise ConfigError(f"cond_idx must be a 1-D integer tensor of class labels (B,), got "
                               f"{getattr(cond_idx, 'shape', type(cond_idx))}.")
-        hi = self.cls_embedding.embedding_table.num_embeddings if allow_null else self.num_classes
-        if cond_idx.numel() and (int(cond_idx.min()) < 0 or int(cond_idx.max()) >= hi):
-            raise ConfigError(f"class labels must be in [0, {hi - 1}] (null class = {self.num_classes} "
-                              f"{'available' if self.cls_embedding.has_null_class else 'absent'}); got "
-                              f"min {int(cond_idx.min())}, max {int(cond_idx.max())}.")
+        if cond_idx.numel():
+            check_label_range(cond_idx.tolist(), self.num_classes,
+                              allow_null=allow_null and self.cls_embedding.has_null_class)
 
     def _check_tokens(self, idx: torch.Tensor, name: str = "idx") -> None:
         if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.is_floating_point():

@@ -15,12 +15,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
-from ..errors import ConfigError, MissingFileError
+from ..conditioning import check_class_labels, check_guidance
+from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..io import atomic_write_text, check_writable
 
 PIPELINE_CONFIG = "pipeline.json"
@@ -46,27 +46,6 @@ def to_output_type(images01: torch.Tensor, output_type: str):
 
         return [Image.fromarray(a) for a in arr]
     raise ConfigError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-
-
-def check_class_labels(class_labels: Sequence[int] | int | torch.Tensor, num_classes: int) -> list[int]:
-    """Validate class ids before any work: ints in [0, num_classes)."""
-    if isinstance(class_labels, int):
-        class_labels = [class_labels]
-    labels = [int(c) for c in (class_labels.tolist() if torch.is_tensor(class_labels) else class_labels)]
-    if not labels:
-        raise ConfigError("class_labels is empty: give at least one class id")
-    bad = [c for c in labels if not 0 <= c < num_classes]
-    if bad:
-        raise ConfigError(f"class ids {bad} are out of range: this model knows classes 0..{num_classes - 1}")
-    return labels
-
-
-def check_guidance(guidance_scale: float) -> float:
-    g = float(guidance_scale)
-    if not np.isfinite(g) or g < 0:
-        raise ConfigError(f"guidance_scale (CFG) must be a finite number >= 0, got {guidance_scale}; "
-                          f"0 or 1 means no guidance depending on the family (see the model card)")
-    return g
 
 
 def read_pipeline_config(folder: str | os.PathLike) -> dict:
@@ -104,6 +83,15 @@ class Pipeline:
     def default_settings(self) -> dict:
         return {}
 
+    def check_request(self, class_labels, guidance_scale) -> tuple[list[int], float]:
+        """The one validation of a call's class labels and guidance scale, before any work: every pipeline
+        calls it first (labels in [0, num_classes); a finite guidance >= 0, with the family's "off" value)."""
+        from ..family import family_of
+
+        labels = check_class_labels(class_labels, self.num_classes)
+        off = family_of(tokenizer=self.tokenizer, generator=self.generator).sampling.no_guidance
+        return labels, check_guidance(guidance_scale, off=f"{off:g} means no guidance for this model")
+
     def setting(self, value, key: str):
         """A call's argument, or the pipeline's default when the caller left it as None."""
         return self.defaults[key] if value is None else value
@@ -137,6 +125,9 @@ class Pipeline:
             if not config_path.is_file():
                 raise MissingFileError(f"{config_path} not found: a pipeline folder holds {PIPELINE_CONFIG} plus "
                                        f"tokenizer/ and generator/ folders (written by Pipeline.save_pretrained)")
-            name = json.loads(config_path.read_text()).get("_class", "")
+            try:
+                name = json.loads(config_path.read_text()).get("_class", "")
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
             parts[part] = model_class(name, role=part).from_pretrained(folder / part)
         return cls(parts["tokenizer"], parts["generator"], cfg.get("defaults"), cfg.get("class_names")).to(device)

@@ -8,7 +8,7 @@ import time
 import torch
 
 from ..errors import ConfigError
-from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
+from .base import Pipeline, PipelineOutput, to_output_type
 
 SAMPLERS = ("default", "loop", "sjd")
 
@@ -51,10 +51,10 @@ class GPTPipeline(Pipeline):
         sampler = pick(None if sampler == "default" else sampler, "sampler")
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {sampler!r}; choose 'loop' (plain KV-cached loop) or 'sjd'")
-        labels = check_class_labels(class_labels, self.num_classes)
+        labels, cfg_scale = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         device = next(self.gpt.parameters()).device
         cond = torch.tensor(labels, dtype=torch.long, device=device)
-        settings = dict(cfg_scale=check_guidance(pick(guidance_scale, "guidance_scale")),
+        settings = dict(cfg_scale=cfg_scale,
                         temperature=pick(temperature, "temperature"), top_k=pick(top_k, "top_k"),
                         top_p=pick(top_p, "top_p"), generator=generator)
         layout = self.gpt.token_layout

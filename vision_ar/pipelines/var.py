@@ -6,7 +6,7 @@ import time
 import torch
 
 from ..errors import ConfigError
-from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
+from .base import Pipeline, PipelineOutput, to_output_type
 
 
 class VARPipeline(Pipeline):
@@ -35,8 +35,7 @@ class VARPipeline(Pipeline):
             raise ConfigError(f"VAR draws whole scales at once; sampler {sampler!r} does not apply "
                               f"(use the default next-scale sampler)")
         pick = self.setting
-        labels = check_class_labels(class_labels, self.num_classes)
-        cfg = check_guidance(pick(guidance_scale, "guidance_scale"))
+        labels, cfg = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         t0 = time.perf_counter()
         idx_list, images01 = sample_next_scale(
             self.var, self.vae, labels, generator=generator, cfg=cfg, top_k=pick(top_k, "top_k"),
