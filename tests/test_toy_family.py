@@ -18,8 +18,8 @@ from torch import nn
 
 from vision_ar.cli import main
 from vision_ar.errors import ConfigError
-from vision_ar.family import (Family, Flag, SamplingConvention, family_of, get_family, list_families,
-                              register_family, unregister_family)
+from vision_ar.family import (Family, Flag, SamplingConvention, family_of, family_of_preset, get_family,
+                              list_families, register_family, unregister_family)
 from vision_ar.io import PretrainedMixin
 from vision_ar.pipelines.base import Pipeline, PipelineOutput, to_output_type
 from vision_ar.registry import register_preset, unregister_preset
@@ -192,6 +192,8 @@ def test_toy_family_is_listed_and_found(toy):
     assert get_family("toy") is toy and toy in list_families()
     tok, gen = ToyTokenizer(ToyTokenizerConfig()), ToyGenerator(ToyGeneratorConfig())
     assert family_of(tokenizer=tok, generator=gen) is toy
+    assert family_of_preset("toy-gen") is toy and family_of_preset("toy-tok", role="tokenizer") is toy
+    assert family_of_preset("var-fmnist").name == "var" and family_of_preset("gpt-b").name == "next-token"
 
 
 # ----------------------------------------------------------------------------------------------------

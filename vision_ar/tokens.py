@@ -4,7 +4,7 @@ samplers and editing read instead of guessing (no `side = sqrt(n)`).
     TokenLayout.grid(h, w, vocab_size=V)            B,h,w int codes, raster order           (2D VQ)
     TokenLayout.pyramid([(1, 1), (2, 2)], V)        list of B,h_k,w_k int codes, coarse first (VAR multi-scale)
     TokenLayout.sequence(n, vocab_size=V)           B,n int codes, ordered                  (1D tokenizers)
-    TokenLayout.latent(c, h, w)                     B,c,h,w float latents                   (KL-VAE)
+    TokenLayout.latent(c, h, w)                     B,c,h,w float latents                   (continuous tokenizers)
 
 `flatten(tokens)` gives one row per image, `(B, flat_size)` (a pyramid's scales concatenated coarse to
 fine, each row-major); `unflatten(flat)` gives the tokenizer's native form back, ready for `decode`.
