@@ -223,6 +223,16 @@ def test_a_family_missing_parts():
         toy_family(name="toy4", pipeline_class=object)
 
 
+def test_a_flag_that_clashes_with_a_command_option(tmp_path, capsys):
+    register_family(toy_family(name="toy-clash", tokenizer_presets="toy-clash-tokenizer",
+                               generator_presets="toy-clash", cli_flags=(Flag("--seed", "clashes", type=int),)))
+    try:
+        assert main(["sample", "--model", "x", "--classes", "0", "--out", str(tmp_path / "x.png")]) == 2
+        assert "family toy-clash: its flag --seed clashes with an option" in capsys.readouterr().err
+    finally:
+        unregister_family("toy-clash")
+
+
 def test_a_pair_from_two_families(toy):
     from vision_ar.models.next_token import GPT, GPTConfig
 

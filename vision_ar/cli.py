@@ -21,7 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()
+    except VisionARError as e:  # a registered family's declaration that cannot work (e.g. a clashing flag)
+        print(f"vision-ar: error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except VisionARError as e:  # errors meant for people: one message, no traceback

@@ -377,10 +377,16 @@ def cli_flags() -> dict[str, tuple[Flag, list[Family]]]:
 
 def add_cli_flags(parser) -> None:
     """Add every registered family's flags to an argparse parser (`vision-ar sample`, `vision-ar eval`)."""
+    import argparse
+
     for name, (flag, fams) in cli_flags().items():
         kw = flag.argparse_kwargs()
         kw["help"] = f"{kw['help']} [{', '.join(f.name for f in fams)}]"
-        parser.add_argument(name, **kw)
+        try:
+            parser.add_argument(name, **kw)
+        except argparse.ArgumentError as e:
+            raise ConfigError(f"family {fams[0].name}: its flag {name} clashes with an option of `{parser.prog}` "
+                              f"({e}); give the flag another name") from None
 
 
 def load_kwargs(args) -> dict:
