@@ -320,11 +320,9 @@ def families_of_group(group: str, role: str) -> list[Family]:
 
 
 def family_of_pipeline(pipe) -> Family | None:
-    """The family of a pipeline object (by its components), or None for an object that is not a family's."""
-    tok, gen = getattr(pipe, "tokenizer", None), getattr(pipe, "generator", None)
-    if tok is None or gen is None:
-        return None
-    return family_of(tokenizer=tok, generator=gen)
+    """The family a pipeline was built for (`Pipeline.family`), or None for an object that is not a family's."""
+    fam = getattr(pipe, "family", None)
+    return fam if isinstance(fam, Family) else None
 
 
 def pipeline_class(name: str) -> type:

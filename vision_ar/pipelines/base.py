@@ -74,7 +74,8 @@ class Pipeline:
     def __init__(self, tokenizer, generator, defaults: dict | None = None, class_names: list[str] | None = None):
         from ..family import family_of
 
-        family_of(tokenizer=tokenizer, generator=generator)  # a pair from two families or of other sizes raises
+        # a pair from two families, or of other sizes, raises here
+        self.family = family_of(tokenizer=tokenizer, generator=generator)
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
         self.defaults = {**self.default_settings(), **(defaults or {})}
@@ -86,10 +87,8 @@ class Pipeline:
     def check_request(self, class_labels, guidance_scale) -> tuple[list[int], float]:
         """The one validation of a call's class labels and guidance scale, before any work: every pipeline
         calls it first (labels in [0, num_classes); a finite guidance >= 0, with the family's "off" value)."""
-        from ..family import family_of
-
         labels = check_class_labels(class_labels, self.num_classes)
-        off = family_of(tokenizer=self.tokenizer, generator=self.generator).sampling.no_guidance
+        off = self.family.sampling.no_guidance
         return labels, check_guidance(guidance_scale, off=f"{off:g} means no guidance for this model")
 
     def setting(self, value, key: str):
