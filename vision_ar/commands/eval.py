@@ -20,7 +20,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..family import add_cli_flags, call_kwargs, load_kwargs
+from .family_flags import add_cli_flags, call_kwargs, load_kwargs
 from .fid import add_common_eval_args, cache_dir_from_args
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..family import add_cli_flags, call_kwargs, list_families, load_kwargs, shipped_folders
+from ..family import list_families, shipped_folders
+from .family_flags import add_cli_flags, call_kwargs, load_kwargs
 from ..io import atomic_path, check_writable
 
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
