@@ -14,6 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..family import list_families, shipped_folders
+from .family_flags import add_cli_flags, call_kwargs, load_kwargs
 from ..io import atomic_path, check_writable
 
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
@@ -22,10 +24,8 @@ OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
 def add_parser(sub):
     p = sub.add_parser("sample", help="draw class-conditional samples", description=__doc__,
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="shipped model (fmnist-var, fmnist-gpt), pipeline folder, or preset")
-    p.add_argument("--vae", help="official VAR VQ-VAE checkpoint (with a var-d* preset)")
-    p.add_argument("--vq", help="official LlamaGen VQ checkpoint (with a gpt-* preset)")
-    p.add_argument("--checkpoint", help="official generator checkpoint (with a preset)")
+    p.add_argument("--model", required=True, help="shipped model (" + ", ".join(shipped_names()) + "), pipeline "
+                   "folder, or preset")
     p.add_argument("--classes", type=int, nargs="+", required=True, help="class ids, one image each")
     p.add_argument("--repeat", type=int, default=1, help="images per class id")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (model default if unset)")
@@ -33,14 +33,17 @@ def add_parser(sub):
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--more-smooth", action="store_true", help="VAR: Gumbel 'more smooth' sampling")
-    p.add_argument("--sampler", default="default", help="default | sjd (next-token models)")
-    p.add_argument("--sjd-window", type=int, default=None, help="SJD window length")
-    p.add_argument("--sjd-init", default=None, help="SJD draft initialisation")
+    p.add_argument("--sampler", default="default", help="default, or a sampler of the model's family: " + "; ".join(
+        f"{f.name}: {', '.join(f.sampling.samplers)}" for f in list_families()))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="grid .png/.jpg, or .npz (ADM layout: uint8 arr_0 N,H,W,3 + labels)")
+    add_cli_flags(p)  # each family's own flags (official checkpoint paths, sampler settings)
     p.set_defaults(func=run)
+
+
+def shipped_names() -> list[str]:
+    return sorted(shipped_folders())
 
 
 def save_grid(images: np.ndarray, path: Path, ncol: int | None = None) -> None:
@@ -72,19 +75,13 @@ def run(args) -> int:
         raise ConfigError("--repeat and --batch-size must be >= 1")
     from ..pipelines import load_pipeline
 
-    pipe = load_pipeline(args.model, device=args.device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
+    pipe = load_pipeline(args.model, device=args.device, **load_kwargs(args))
     labels = [c for _ in range(args.repeat) for c in args.classes]  # one grid row per repeat
-    kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p).items()
-              if v is not None}
-    if args.more_smooth:
-        kwargs["more_smooth"] = True
-    if args.temperature is not None:
-        kwargs["temperature"] = args.temperature
+    kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                    temperature=args.temperature).items() if v is not None}
     if args.sampler != "default":
         kwargs["sampler"] = args.sampler
-        for k in ("sjd_window", "sjd_init"):
-            if getattr(args, k) is not None:
-                kwargs[k] = getattr(args, k)
+    kwargs.update(call_kwargs(args, pipe))
     # One generator for the whole run: same seed and settings -> same images on the same device.
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     chunks, stats = [], []

@@ -68,6 +68,29 @@ def parse_overrides(pairs: list[str], target_fields: dict | None, what: str) -> 
     return out
 
 
+def build_request(args):
+    """The parsed command line -> the typed request the library's recipes take."""
+    from ..train import recipes
+    from ..train.config import TrainConfig
+    from ..train.tokenizer_task import TokenizerLossConfig
+
+    train_over = parse_overrides(args.set, {f.name: f for f in dataclasses.fields(TrainConfig)}, "TrainConfig")
+    if args.steps is not None:
+        train_over["max_steps"] = args.steps
+    # the model's config dataclass rejects unknown fields with the list of known ones
+    model_over = parse_overrides(args.model_set, None, "model config")
+    common = dict(model=args.model, out=args.out, data=args.data, image_size=args.image_size, limit=args.limit,
+                  model_overrides=model_over, train_overrides=train_over)
+    if args.what == "tokenizer":
+        loss = TokenizerLossConfig(lpips_weight=args.lpips_weight, lpips_vgg_path=args.lpips_vgg,
+                                   lpips_lin_path=args.lpips_lin, disc_weight=args.disc_weight,
+                                   disc_start=args.disc_start, decoder_only=args.decoder_only)
+        return recipes.TokenizerRequest(**common, loss=loss, init=args.init)
+    if not args.tokenizer:
+        raise ConfigError("generator training needs --tokenizer FOLDER (a trained tokenizer's final/ folder)")
+    return recipes.GeneratorRequest(**common, tokenizer=args.tokenizer)
+
+
 def run(args) -> int:
     from ..train import recipes
 
@@ -77,16 +100,10 @@ def run(args) -> int:
         return 0
     if not (args.what and args.model and args.out):
         raise ConfigError("give what to train (tokenizer | generator), --model and --out (see --help)")
-    from ..train.config import TrainConfig
-
-    train_over = parse_overrides(args.set, {f.name: f for f in dataclasses.fields(TrainConfig)}, "TrainConfig")
-    if args.steps is not None:
-        train_over["max_steps"] = args.steps
-    if args.what == "tokenizer":
-        recipes.train_tokenizer(args, train_over)
+    req = build_request(args)
+    if isinstance(req, recipes.TokenizerRequest):
+        recipes.train_tokenizer(req)
     else:
-        if not args.tokenizer:
-            raise ConfigError("generator training needs --tokenizer FOLDER (a trained tokenizer's final/ folder)")
-        recipes.train_generator(args, train_over)
+        recipes.train_generator(req)
     print(f"done: {Path(args.out).resolve()}")
     return 0

@@ -43,6 +43,7 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
+from ..conditioning import check_label_range
 from ..errors import ConfigError
 from ..io import PretrainedMixin, describe_source, load_state_dict_strict, read_official_checkpoint
 from ..nn.adaln import AdaLNHeadNorm, AdaLNProjection, modulate
@@ -51,6 +52,7 @@ from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
 from ..nn.mlp import FFN
 from ..registry import register_preset
+from ..tokens import TokenLayout
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
@@ -330,11 +332,8 @@ class VAR(PretrainedMixin, nn.Module):
         if not isinstance(label_B, torch.Tensor) or label_B.ndim != 1 or label_B.dtype.is_floating_point:
             raise ConfigError(f"class labels must be a 1-D integer tensor (B,), got "
                               f"{getattr(label_B, 'shape', type(label_B))}; pass torch.tensor([207, 360]).")
-        hi = self.num_classes if allow_null else self.num_classes - 1
-        if label_B.numel() and (int(label_B.min()) < 0 or int(label_B.max()) > hi):
-            raise ConfigError(f"class id out of range: labels {label_B.tolist()} but this VAR has num_classes="
-                              f"{self.num_classes} (valid 0..{self.num_classes - 1}"
-                              f"{f'; {self.num_classes} = unconditional' if allow_null else ''}).")
+        if label_B.numel():
+            check_label_range(label_B.tolist(), self.num_classes, allow_null=allow_null)
 
     def _check_teacher_input(self, label_B: torch.Tensor, x: torch.Tensor) -> None:
         want = (self.L - self.first_l, self.Cvae)
@@ -452,6 +451,11 @@ class VAR(PretrainedMixin, nn.Module):
             raise ConfigError("forward_scale needs the KV caches: call var.start_inference(batch_size) first "
                               "(or use `with var.inference(batch_size):`).")
         return self._run_blocks(x_BlC, cond_BD, attn_bias=None)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """The per-scale token pyramid this VAR predicts (coarse to fine)."""
+        return TokenLayout.pyramid(self.patch_nums, vocab_size=self.V)
 
     # ------------------------------------------------------------------------------------------------
     # official checkpoints

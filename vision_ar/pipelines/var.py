@@ -6,14 +6,10 @@ import time
 import torch
 
 from ..errors import ConfigError
-from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
+from .base import Pipeline, PipelineOutput, to_output_type
 
 
 class VARPipeline(Pipeline):
-    family = "var"
-    tokenizer_class = "vision_ar.tokenizers.multiscale.MultiScaleVQVAE"
-    generator_class = "vision_ar.models.next_scale.VAR"
-
     def default_settings(self) -> dict:
         # VAR's CFG convention: logits = (1+t) cond - t uncond with t ramped from 0 to cfg over the scales,
         # so cfg=0 means no guidance. top_k/top_p as in VAR's demo.
@@ -39,8 +35,7 @@ class VARPipeline(Pipeline):
             raise ConfigError(f"VAR draws whole scales at once; sampler {sampler!r} does not apply "
                               f"(use the default next-scale sampler)")
         pick = self.setting
-        labels = check_class_labels(class_labels, self.num_classes)
-        cfg = check_guidance(pick(guidance_scale, "guidance_scale"))
+        labels, cfg = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         t0 = time.perf_counter()
         idx_list, images01 = sample_next_scale(
             self.var, self.vae, labels, generator=generator, cfg=cfg, top_k=pick(top_k, "top_k"),

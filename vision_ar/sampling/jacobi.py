@@ -49,6 +49,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..conditioning import check_guidance, check_label_range
 from ..errors import ConfigError
 from .jacobi_kernels import accept_resample
 from .logits import LLAMAGEN_SAMPLING, SamplingConvention, check_sampling_args, guided_logits, token_probs
@@ -110,14 +111,12 @@ def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, window_len
         raise ConfigError(f"cond must be a non-empty 1-D integer tensor of class labels (B,), got "
                           f"{getattr(cond, 'shape', type(cond))}.")
     num_classes = getattr(model, "num_classes", None)
-    if num_classes is not None and not 0 <= int(cond.min()) <= int(cond.max()) < num_classes:
-        raise ConfigError(f"class labels must be in [0, {num_classes - 1}], got min {int(cond.min())}, "
-                          f"max {int(cond.max())}.")
+    if num_classes is not None:
+        check_label_range(cond.tolist(), num_classes)
     block_size = getattr(model, "block_size", None)
     if max_new_tokens < 1 or (block_size is not None and max_new_tokens > block_size):
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, block_size={block_size}].")
-    if cfg_scale < 0:
-        raise ConfigError(f"cfg_scale={cfg_scale} must be >= 0 (<= {no_guidance:g} disables guidance).")
+    check_guidance(cfg_scale, name="cfg_scale", off=f"<= {no_guidance:g} disables guidance")
     if int(cfg_interval) != cfg_interval or cfg_interval < -1:
         raise ConfigError(f"cfg_interval={cfg_interval} must be an integer >= -1 (-1 = guide every token).")
     if isinstance(window_length, bool) or int(window_length) != window_length or window_length < 1:

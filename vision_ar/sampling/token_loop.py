@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from ..conditioning import check_guidance, check_label_range
 from ..errors import ConfigError
 from .logits import LLAMAGEN_SAMPLING, SamplingConvention, check_sampling_args, guided_logits, sample_tokens
 
@@ -27,13 +28,10 @@ def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, no_guidanc
     if not isinstance(cond, torch.Tensor) or cond.ndim != 1 or cond.is_floating_point() or cond.numel() == 0:
         raise ConfigError(f"cond must be a non-empty 1-D integer tensor of class labels (B,), got "
                           f"{getattr(cond, 'shape', type(cond))}.")
-    if int(cond.min()) < 0 or int(cond.max()) >= model.num_classes:
-        raise ConfigError(f"class labels must be in [0, {model.num_classes - 1}], got min {int(cond.min())}, "
-                          f"max {int(cond.max())}.")
+    check_label_range(cond.tolist(), model.num_classes)
     if not 1 <= max_new_tokens <= model.block_size:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, block_size={model.block_size}].")
-    if cfg_scale < 0:
-        raise ConfigError(f"cfg_scale={cfg_scale} must be >= 0 (<= {no_guidance:g} disables guidance).")
+    check_guidance(cfg_scale, name="cfg_scale", off=f"<= {no_guidance:g} disables guidance")
     if cfg_scale > no_guidance and not model.cls_embedding.has_null_class:
         raise ConfigError("classifier-free guidance needs the learned null class, but this model was built with "
                           f"class_dropout_prob=0 (no null row); use cfg_scale={no_guidance!r}.")

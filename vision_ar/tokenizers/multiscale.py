@@ -26,6 +26,7 @@ from ..errors import ConfigError
 from ..io import PretrainedMixin, describe_source, load_state_dict_strict, read_official_checkpoint
 from ..nn.conv_blocks import Decoder, Encoder
 from ..registry import register_preset
+from ..tokens import TokenLayout, image_hw
 from .quantizers import MultiScaleResidualQuantizer
 
 # Image -> latent resolution levels of the official VAR VQ-VAE (latent-diffusion "vq-f16").
@@ -163,6 +164,15 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         return out
 
     # ---- project tokenizer interface ---------------------------------------------------------------
+    def token_layout(self, image_size=None) -> TokenLayout:
+        """The per-scale pyramid `encode` makes; this tokenizer takes images of one size only."""
+        size = self.image_size
+        if image_size is not None and image_hw(image_size) != (size, size):
+            raise ConfigError(f"this tokenizer takes {size}x{size} images (downsample {self.downsample} x last "
+                              f"patch_num {self.patch_nums[-1]}), got {image_hw(image_size)}. "
+                              f"Resize/crop the images to {size}x{size}.")
+        return TokenLayout.pyramid(self.patch_nums, vocab_size=self.V)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.LongTensor]:
         """images (B,3,H,W) in [-1,1] -> [LongTensor (B,pn,pn) for pn in patch_nums]."""

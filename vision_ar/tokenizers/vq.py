@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..io import PretrainedMixin, load_state_dict_strict, read_official_checkpoint
 from ..nn.conv_blocks import Decoder, Encoder
 from ..registry import register_preset
+from ..tokens import TokenLayout, image_hw
 from .llamagen_conv import LLAMAGEN_CONV_BODY
 
 USAGE_WINDOW = 65536  # length of the official `codebook_used` buffer
@@ -180,6 +181,15 @@ class VQModel(PretrainedMixin, nn.Module):
         if images.shape[2] % f or images.shape[3] % f:
             raise ConfigError(f"image size {tuple(images.shape[2:])} is not divisible by the downsampling factor "
                               f"{f}; resize or crop to a multiple of {f}.")
+
+    def token_layout(self, image_size) -> TokenLayout:
+        """The (H/f, W/f) code grid `encode` makes of images of `image_size` (an int or (H, W))."""
+        h, w = image_hw(image_size)
+        f = self.downsample
+        if h % f or w % f:
+            raise ConfigError(f"image size {(h, w)} is not divisible by the downsampling factor {f}; resize or crop "
+                              f"to a multiple of {f}.")
+        return TokenLayout.grid(h // f, w // f, vocab_size=self.codebook_size)
 
     # --- images -> tokens ----------------------------------------------------------------------------
     def encode_with_latents(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,6 @@
-"""Training task for every discrete or continuous tokenizer (multi-scale VQ, 2D VQ, KL-VAE).
+"""Training task shared by the tokenizers (multi-scale VQ, 2D VQ, and any tokenizer with `training_forward`).
 
-loss = recon (L1 or L2) + quantizer loss (commitment + codebook, or KL) + lpips_weight * LPIPS
+loss = recon (L1 or L2) + quantizer loss (commitment + codebook for VQ) + lpips_weight * LPIPS
        + disc_weight * adversarial (after `disc_start` steps)
 
 `decoder_only=True` fine-tunes the decoder of a trained tokenizer on frozen codes (encoder, quantizer and
