@@ -204,11 +204,12 @@ class GanTask(Regress):
 def test_gan_discriminator_phase(tmp_path):
     task = GanTask()
     d0 = {k: v.clone() for k, v in task.discriminator.state_dict().items()}
-    train(task, make_data(), cfg_for(tmp_path, max_steps=2, disc_start_step=2))
-    # before disc_start_step the discriminator is untouched, even though the generator loss used it
+    task.disc_start = 2
+    train(task, make_data(), cfg_for(tmp_path, max_steps=2))
+    # before disc_start the discriminator is untouched, even though the generator loss used it
     assert all(torch.equal(v, d0[k]) for k, v in task.discriminator.state_dict().items())
     assert all(p.grad is None for p in task.discriminator.parameters()) and task.disc_calls == []
-    train(task, make_data(), cfg_for(tmp_path, max_steps=5, disc_start_step=2, disc_lr=5e-2))
+    train(task, make_data(), cfg_for(tmp_path, max_steps=5, disc_lr=5e-2))
     assert sorted(set(task.disc_calls)) == [2, 3, 4]
     assert not torch.equal(task.discriminator.weight, d0["weight"])
     ckpt = torch.load(tmp_path / "run" / LATEST, weights_only=True)

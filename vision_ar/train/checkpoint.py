@@ -8,7 +8,6 @@ numpy RNG state is converted to a tensor for that reason).
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_torch_save, atomic_write_text, load_checkpoint
+from ..io import atomic_torch_save, load_checkpoint
 
 CKPT_FORMAT = "vision_ar.train_ckpt.v1"
 LATEST = "latest.pt"
@@ -82,19 +81,3 @@ def load_training_checkpoint(path: Path) -> dict:
                               f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}). "
                               f"Use another out_dir, or pass resume=False to start over (it will be overwritten).")
     return ckpt
-
-
-def truncate_metrics(out_dir: Path, step: int) -> None:
-    """Drop metric lines logged after `step` (by a run killed after its last checkpoint): the resumed run
-    logs those steps again, so the file keeps exactly one line per log step."""
-    path = Path(out_dir) / METRICS
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by the kill
-    atomic_write_text("".join(k + "\n" for k in keep), path)

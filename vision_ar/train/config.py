@@ -23,8 +23,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0          # the decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0             # max global grad norm; 0 = no clipping (the norm is still logged)
     # ---- GAN discriminator (tasks that define one)
-    disc_lr: float | None = None       # None = lr
-    disc_start_step: int = 0           # the discriminator is trained from this step on
+    disc_lr: float | None = None       # None = lr (the GAN phase starts at the task's disc_start)
     # ---- EMA
     ema_decay: float = 0.0             # 0 = no EMA
     ema_every: int = 1                 # update the EMA every k optimizer steps
@@ -73,7 +72,6 @@ class TrainConfig:
              f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         need(self.max_nonfinite_in_row >= 1, "max_nonfinite_in_row must be >= 1")
         need(self.num_workers >= 0, "num_workers must be >= 0")
-        need(self.disc_start_step >= 0, "disc_start_step must be >= 0")
         need(self.disc_lr is None or self.disc_lr > 0, "disc_lr must be > 0 (or None = lr)")
 
     def micro_batch_size(self, world_size: int = 1) -> int:

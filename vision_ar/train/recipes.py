@@ -111,7 +111,7 @@ def train_tokenizer(args, train_overrides: dict):
                                    lpips_lin_path=args.lpips_lin, disc_weight=args.disc_weight,
                                    disc_start=args.disc_start)
     task = TokenizerTask(model, loss_cfg)
-    cfg = _train_config(args, train_overrides, {**TOKENIZER_DEFAULTS, "disc_start_step": args.disc_start})
+    cfg = _train_config(args, train_overrides, TOKENIZER_DEFAULTS)
     return train(task, dataset, cfg)
 
 

@@ -1,7 +1,7 @@
 """Training task for every discrete or continuous tokenizer (multi-scale VQ, 2D VQ, KL-VAE).
 
 loss = recon (L1 or L2) + quantizer loss (commitment + codebook, or KL) + lpips_weight * LPIPS
-       + disc_weight * adversarial (after `disc_start` steps)
+       + disc_weight * adversarial (from step `disc_start` on, when the discriminator is trained too)
 
 The tokenizer exposes `training_forward(images) -> (reconstruction, quantizer_loss, stats)`; `stats` is a
 dict of floats (codebook usage, perplexity...) that goes to metrics.jsonl. The official VAR repository
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .task import unwrap
+from .task import gan_started, unwrap
 from .tokenizer_losses import LPIPS, PatchDiscriminator, generator_adv_loss, hinge_d_loss
 
 
@@ -28,7 +28,7 @@ class TokenizerLossConfig:
     lpips_vgg_path: str | None = None
     lpips_lin_path: str | None = None
     disc_weight: float = 0.0           # > 0 turns the PatchGAN on
-    disc_start: int = 0                # step from which the adversarial loss counts
+    disc_start: int = 0                # step of the GAN phase: adversarial loss and discriminator training
     disc_channels: int = 64
     disc_layers: int = 2
 
@@ -52,6 +52,10 @@ class TokenizerTask:
         self.discriminator = PatchDiscriminator(ch=cfg.disc_channels, n_layers=cfg.disc_layers) \
             if cfg.disc_weight > 0 else None
 
+    @property
+    def disc_start(self) -> int:  # read by the loop through gan_started: the one GAN start step
+        return self.cfg.disc_start
+
     def _recon_loss(self, rec, x):
         return F.l1_loss(rec, x) if self.cfg.recon == "l1" else F.mse_loss(rec, x)
 
@@ -68,16 +72,14 @@ class TokenizerTask:
             p = self.lpips(rec, x).mean()
             loss = loss + self.cfg.lpips_weight * p
             metrics["lpips"] = p.item()
-        if self.discriminator is not None and step >= self.cfg.disc_start:
-            self.discriminator.requires_grad_(False)  # the generator step must not train D
+        if gan_started(self, step):  # the loop keeps the discriminator frozen during this step
             g = generator_adv_loss(self.discriminator(rec))
-            self.discriminator.requires_grad_(True)
             loss = loss + self.cfg.disc_weight * g
             metrics["g_adv"] = g.item()
         return loss, metrics
 
     def disc_loss(self, model, disc, batch, step):
-        if step < self.cfg.disc_start:
+        if not gan_started(self, step):
             return None, {}
         x = _images(batch)
         with torch.no_grad():
