@@ -70,9 +70,11 @@ def run(args) -> int:
     check_writable(out)  # before any model is loaded
     if args.repeat < 1 or args.batch_size < 1:
         raise ConfigError("--repeat and --batch-size must be >= 1")
+    from ..distributed import resolve_device
     from ..pipelines import load_pipeline
 
-    pipe = load_pipeline(args.model, device=args.device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
+    device = str(resolve_device(args.device))  # an unknown or absent device is refused before loading
+    pipe = load_pipeline(args.model, device=device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
     labels = [c for _ in range(args.repeat) for c in args.classes]  # one grid row per repeat
     kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p).items()
               if v is not None}

@@ -11,6 +11,7 @@ shorter). A chunk is the unit of work, of randomness and of storage:
   SeedSequence. Batched samplers draw their noise for the whole batch, so per-image randomness is only
   reproducible for a fixed batch composition; fixing the chunks (not the worker count) gives exactly that;
 - work split: chunk c goes to rank c % world_size. Which worker draws a chunk changes nothing in it.
+  (The process setup is vision_ar/distributed.py, the same as training's.)
 
 So the same (pipeline, settings, N, chunk_size, base_seed) give the same images with 1 or 8 workers. The
 chunk size is recorded in the run's manifest; resuming with another chunk size is refused.
@@ -82,11 +83,6 @@ def chunk_seed(base_seed: int, start: int) -> int:
 
 def shard_path(out_dir: Path, start: int, end: int) -> Path:
     return Path(out_dir) / f"shard_{start:08d}-{end:08d}.npz"
-
-
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) for a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
 
 
 # ----------------------------------------------------------------------------------------------------

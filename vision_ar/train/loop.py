@@ -35,6 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..distributed import (DistInfo, all_gather_object, all_reduce_mean, barrier, setup_distributed,
+                           teardown_distributed)
 from ..errors import CheckpointError, ConfigError, VisionARError
 from ..io import check_writable
 from . import distributed as D
@@ -77,7 +79,7 @@ class Player:
 @dataclass
 class Run:
     cfg: TrainConfig
-    info: D.DistInfo
+    info: DistInfo
     out_dir: Path
     model: Player
     disc: Player | None              # the GAN discriminator, when the task has one
@@ -113,7 +115,7 @@ def make_optimizer(groups: list[dict], lr: float, cfg: TrainConfig) -> torch.opt
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
-def build_model_player(task, cfg: TrainConfig, info: D.DistInfo) -> Player:
+def build_model_player(task, cfg: TrainConfig, info: DistInfo) -> Player:
     raw = task.model.to(info.device).train()
     if cfg.grad_checkpointing:
         if not hasattr(raw, "set_grad_checkpointing"):
@@ -127,7 +129,7 @@ def build_model_player(task, cfg: TrainConfig, info: D.DistInfo) -> Player:
     return Player(raw, net, opt, [p for g in opt.param_groups for p in g["params"]])
 
 
-def build_disc_player(task, cfg: TrainConfig, info: D.DistInfo) -> Player | None:
+def build_disc_player(task, cfg: TrainConfig, info: DistInfo) -> Player | None:
     raw = getattr(task, "discriminator", None)
     if raw is None:
         return None
@@ -137,7 +139,7 @@ def build_disc_player(task, cfg: TrainConfig, info: D.DistInfo) -> Player | None
     return Player(raw, net, opt, [p for g in opt.param_groups for p in g["params"]])
 
 
-def build_run(task, dataset: Dataset, cfg: TrainConfig, info: D.DistInfo, out_dir: Path) -> Run:
+def build_run(task, dataset: Dataset, cfg: TrainConfig, info: DistInfo, out_dir: Path) -> Run:
     model = build_model_player(task, cfg, info)
     disc = build_disc_player(task, cfg, info)
     ema = EMA(model.raw, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
@@ -215,7 +217,7 @@ def checkpoint_state(run: Run) -> dict:
         "discriminator": D.model_state_dict(d.net, d.raw) if d is not None else None,
         "disc_optimizer": d.opt.state_dict() if d is not None else None,
         "data": run.stream.state_dict(),
-        "rng": D.all_gather_object(capture_rng_state(), run.info),
+        "rng": all_gather_object(capture_rng_state(), run.info),
         "nonfinite_in_row": run.nonfinite_in_row,
         "config": run.cfg.to_dict(),
         "world_size": run.info.world_size,
@@ -231,7 +233,7 @@ def save_checkpoint(run: Run, task) -> None:
         if hook is not None and getattr(hook, "__func__", None) is not TrainTask.on_checkpoint:
             task.on_checkpoint(run.step, run.out_dir, run.model.raw, ema_model(run))  # EMA copy only when needed
             run.model.raw.train()
-    D.barrier(run.info)
+    barrier(run.info)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -277,7 +279,7 @@ def optimizer_step(run: Run, player: Player, loss_fn: Callable, micro_batches: l
         return True, {}
     norm = grad_norm_and_clip(player.params, run.cfg.grad_clip)
     # One sync per step: the skip decision must be the same on every rank.
-    both = D.all_reduce_mean(torch.stack([loss_sum / n, norm.float().to(device)]), run.info)
+    both = all_reduce_mean(torch.stack([loss_sum / n, norm.float().to(device)]), run.info)
     loss_val, norm_val = both.tolist()
     ok = math.isfinite(loss_val) and math.isfinite(norm_val)
     if ok:
@@ -343,14 +345,14 @@ def write_log_line(run: Run, lr: float, progress) -> None:
 def train(task, dataset: Dataset, cfg: TrainConfig, resume: bool = True) -> TrainResult:
     """Train `task.model` on `dataset` as `cfg` says; continue from cfg.out_dir/latest.pt when resume=True."""
     check_task(task)
-    info = D.setup_distributed(cfg.device)
+    info = setup_distributed(cfg.device)
     try:
         return _train(task, dataset, cfg, resume, info)
     finally:
-        D.teardown_distributed(info)
+        teardown_distributed(info)
 
 
-def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: D.DistInfo) -> TrainResult:
+def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: DistInfo) -> TrainResult:
     cfg.validate(info.world_size)
     out_dir = Path(cfg.out_dir)
     check_writable(out_dir / LATEST)
@@ -395,11 +397,11 @@ def save_final_model(run: Run) -> nn.Module | None:
         (final_ema if final_ema is not None else raw).save_pretrained(run.out_dir / "final")
     elif D.is_fsdp(raw) and hasattr(raw, "save_pretrained") and hasattr(raw, "config"):
         _save_final_fsdp(raw, run.ema, run.out_dir, info)
-    D.barrier(info)
+    barrier(info)
     return final_ema
 
 
-def _save_final_fsdp(raw: nn.Module, ema: EMA | None, out_dir: Path, info: D.DistInfo) -> None:
+def _save_final_fsdp(raw: nn.Module, ema: EMA | None, out_dir: Path, info: DistInfo) -> None:
     """Under FSDP the weights are sharded: gather them (all ranks) into a fresh unsharded copy on rank 0."""
     full = ema.full_state_dict() if ema is not None else None
     sd = D.model_state_dict(raw, raw)

@@ -1,0 +1,77 @@
+"""Bad input gets one clear error (a vision_ar error class, no traceback), raised before any work or any write.
+
+Each test feeds one wrong thing through the command a user would type (or the library call behind it) and
+checks the message names the problem and the fix, and that nothing was left on disk.
+"""
+import json
+
+import pytest
+import torch
+
+from vision_ar.cli import main
+from vision_ar.errors import ConfigError
+from vision_ar.models.next_scale import VAR, VARConfig
+from vision_ar.models.next_token import GPT, GPTConfig
+from vision_ar.pipelines.gpt import GPTPipeline
+from vision_ar.pipelines.var import VARPipeline
+from vision_ar.tokenizers.multiscale import MultiScaleVQVAE, MultiScaleVQVAEConfig
+from vision_ar.tokenizers.vq import VQConfig, VQModel
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tiny random-weight pipelines (8x8 images; nothing downloaded)
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def var_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    vae = MultiScaleVQVAE(MultiScaleVQVAEConfig(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                                                patch_nums=(1, 2, 4), using_sa=False, using_mid_sa=False))
+    var = VAR(VARConfig(vocab_size=32, Cvae=8, num_classes=3, depth=1, embed_dim=32, num_heads=1, patch_nums=(1, 2, 4)))
+    folder = tmp_path_factory.mktemp("var") / "pipe"
+    VARPipeline(vae, var).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gpt_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    vq = VQModel(VQConfig(codebook_size=32, codebook_embed_dim=4, encoder_ch_mult=(1, 2), decoder_ch_mult=(1, 2),
+                          z_channels=8, ch=32, num_res_blocks=1))
+    gpt = GPT(GPTConfig(dim=32, n_layer=1, n_head=1, vocab_size=32, num_classes=3, block_size=16))
+    folder = tmp_path_factory.mktemp("gpt") / "pipe"
+    GPTPipeline(vq, gpt).save_pretrained(folder)
+    return folder
+
+
+def fails_clearly(capsys, argv, *needles) -> str:
+    """The command exits with 2 and one error line that contains every needle."""
+    assert main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("vision-ar "), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Devices
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device, message", [("bogus", "not a device name"), ("cuda:x", "not a device name")])
+def test_unknown_device(var_folder, tmp_path, capsys, device, message):
+    out = tmp_path / "o.png"
+    fails_clearly(capsys, ["sample", "--model", str(var_folder), "--classes", "0", "--device", device,
+                           "--out", str(out)], message, "'cpu'")
+    fails_clearly(capsys, ["eval", "--pipeline", str(var_folder), "--ref", "fashion-mnist", "--num", "2",
+                           "--device", device, "--out-dir", str(tmp_path / "ev")], message)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu(var_folder, tmp_path, capsys):
+    fails_clearly(capsys, ["sample", "--model", str(var_folder), "--classes", "0", "--device", "cuda",
+                           "--out", str(tmp_path / "o.png")], "none is available", "device='cpu'")
+    fails_clearly(capsys, ["eval", "--pipeline", str(var_folder), "--ref", "fashion-mnist", "--num", "2",
+                           "--device", "cuda", "--out-dir", str(tmp_path / "ev")], "none is available")
+    fails_clearly(capsys, ["train", "tokenizer", "--model", "var-vqvae-fmnist", "--out", str(tmp_path / "t"),
+                           "--steps", "1", "--set", "device=cuda"], "none is available")
+
