@@ -4,6 +4,7 @@ Each test feeds one wrong thing through the command a user would type (or the li
 checks the message names the problem and the fix, and that nothing was left on disk.
 """
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_unknown_device(var_folder, tmp_path, capsys, device, message):
                            "--out", str(out)], message, "'cpu'")
     fails_clearly(capsys, ["eval", "--pipeline", str(var_folder), "--ref", "fashion-mnist", "--num", "2",
                            "--device", device, "--out-dir", str(tmp_path / "ev")], message)
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / "ev").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
@@ -74,4 +75,41 @@ def test_cuda_without_a_gpu(var_folder, tmp_path, capsys):
                            "--device", "cuda", "--out-dir", str(tmp_path / "ev")], "none is available")
     fails_clearly(capsys, ["train", "tokenizer", "--model", "var-vqvae-fmnist", "--out", str(tmp_path / "t"),
                            "--steps", "1", "--set", "device=cuda"], "none is available")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output paths: checked (a temporary file really made) before any work; nothing left behind on failure
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_output_that_cannot_be_created(var_folder, capsys, monkeypatch):
+    import vision_ar.pipelines as pipelines
+
+    def no_sampling(*a, **k):
+        raise AssertionError("the pipeline was loaded although the output cannot be written")
+
+    monkeypatch.setattr(pipelines, "load_pipeline", no_sampling)
+    fails_clearly(capsys, ["sample", "--model", str(var_folder), "--classes", "0", "--out", "/proc/x.png"],
+                  "/proc", "not writable", "Choose another output path")
+    fails_clearly(capsys, ["eval", "--pipeline", str(var_folder), "--ref", "fashion-mnist", "--num", "2",
+                           "--out-dir", "/proc/ev"], "not writable")
+
+
+def test_failed_runs_leave_no_folders(var_folder, tmp_path, capsys):
+    fails_clearly(capsys, ["sample", "--model", str(var_folder), "--classes", "7", "--out",
+                           str(tmp_path / "new" / "sub" / "o.png")], "out of range")
+    fails_clearly(capsys, ["train", "tokenizer", "--model", "var-vqvae-fmnist", "--out", str(tmp_path / "run"),
+                           "--steps", "1", "--set", "batch_size=3", "--set", "grad_accum=2"], "batch_size")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_written_weights_have_the_permissions_of_their_config(tmp_path):
+    import os
+    import stat
+
+    torch.manual_seed(0)
+    VQModel(VQConfig(codebook_size=8, codebook_embed_dim=4, encoder_ch_mult=(1,), decoder_ch_mult=(1,),
+                     z_channels=8, ch=32, num_res_blocks=1)).save_pretrained(tmp_path / "m")
+    mode = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in (tmp_path / "m").iterdir()}
+    assert mode["model.safetensors"] == mode["config.json"], mode

@@ -37,6 +37,7 @@ class Window:
 
 
 def append_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)  # the run folder is made by its first write
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
