@@ -198,6 +198,36 @@ def test_interrupted_in_process_resume_and_final_folder(tmp_path):
         assert torch.equal(p, q)
 
 
+@needs_fmnist
+def test_the_same_command_twice_gives_the_same_weights(tmp_path):
+    """Model initialisation is seeded from the run's seed too (not by whatever ran before in the process)."""
+    from vision_ar.cli import main
+    from vision_ar.io import load_checkpoint
+
+    torch.set_num_threads(1)
+
+    def run_cli(out):
+        argv = ["train", "tokenizer", "--model", "var-vqvae-fmnist", "--model-set", "vocab_size=64", "--data",
+                "fashion-mnist", "--limit", "16", "--steps", "2", "--out", str(out), "--set", "batch_size=8",
+                "--set", "progress=false", "--set", "log_every=1"]
+        assert main(argv) == 0
+        return load_checkpoint(out / "final" / "model.safetensors")
+
+    a = run_cli(tmp_path / "a")
+    torch.rand(100)  # the process's global RNG is somewhere else now
+    b = run_cli(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    la, lb = ([json.loads(l)["loss"] for l in (tmp_path / d / METRICS).read_text().splitlines()] for d in "ab")
+    assert la == lb
+    # another seed gives another initialisation
+    argv = ["train", "tokenizer", "--model", "var-vqvae-fmnist", "--model-set", "vocab_size=64", "--data",
+            "fashion-mnist", "--limit", "16", "--steps", "1", "--out", str(tmp_path / "c"), "--set", "batch_size=8",
+            "--set", "progress=false", "--set", "seed=1"]
+    assert main(argv) == 0
+    c = load_checkpoint(tmp_path / "c" / "final" / "model.safetensors")
+    assert not torch.equal(c["encoder.conv_in.weight"], a["encoder.conv_in.weight"])
+
+
 if __name__ == "__main__":  # subprocess entry: OUT_DIR MAX_STEPS HANG_AT_STEP MARKER
     out, steps, hang, mark = sys.argv[1:5]
     run(out, int(steps), int(hang), mark)

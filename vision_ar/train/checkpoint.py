@@ -27,6 +27,14 @@ METRICS = "metrics.jsonl"
 # ----------------------------------------------------------------------------------------------------
 # RNG states (python, numpy, torch CPU, every CUDA device)
 # ----------------------------------------------------------------------------------------------------
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device) from the run's seed: everything a run draws,
+    model initialisation included, follows from it. Each rank gets its own stream (seed + rank)."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
 def capture_rng_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {

@@ -24,13 +24,11 @@ the loop (`train`) | the final model.
 from __future__ import annotations
 
 import math
-import random
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -42,7 +40,7 @@ from ..io import check_writable
 from . import distributed as D
 from .batches import BatchStream, to_device
 from .checkpoint import (LATEST, METRICS, capture_rng_state, load_training_checkpoint, restore_rng_state,
-                         save_training_checkpoint)
+                         save_training_checkpoint, seed_everything)
 from .config import TrainConfig
 from .ema import EMA
 from .metrics_log import Window, append_record, truncate_metrics
@@ -100,13 +98,6 @@ def check_task(task) -> None:
                           "see vision_ar/train/task.py")
     if getattr(task, "discriminator", None) is not None and not callable(getattr(task, "disc_loss", None)):
         raise ConfigError(f"{type(task).__name__} has a discriminator but no disc_loss(model, disc, batch, step)")
-
-
-def seed_fresh_run(seed: int, rank: int) -> None:
-    """Fresh-run seeding of every RNG; a resumed run overwrites all of it with the checkpoint's states."""
-    random.seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    torch.manual_seed(seed + rank)
 
 
 def make_optimizer(groups: list[dict], lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -356,7 +347,7 @@ def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: DistInf
     cfg.validate(info.world_size)
     out_dir = Path(cfg.out_dir)
     check_writable(out_dir / LATEST)
-    seed_fresh_run(cfg.seed, info.rank)
+    seed_everything(cfg.seed, info.rank)  # a resumed run then restores the checkpoint's RNG states
     run = build_run(task, dataset, cfg, info, out_dir)
     if resume and (out_dir / LATEST).is_file():
         resume_run(run)

@@ -101,9 +101,12 @@ TOKENIZER_DEFAULTS = dict(lr=3e-4, weight_decay=0.0, betas=(0.5, 0.9), warmup_st
 
 
 def train_tokenizer(args, train_overrides: dict):
+    from .checkpoint import seed_everything
     from .loop import train
     from .tokenizer_task import TokenizerLossConfig, TokenizerTask
 
+    cfg = _train_config(args, train_overrides, TOKENIZER_DEFAULTS)
+    seed_everything(cfg.seed)  # initialisation is part of the run: the same command gives the same weights
     model = build_model(args.model, _model_overrides(args), TOKENIZER_FAMILIES)
     model.train().requires_grad_(True)
     dataset = build_dataset(args.data, args.image_size, limit=args.limit)
@@ -111,7 +114,6 @@ def train_tokenizer(args, train_overrides: dict):
                                    lpips_lin_path=args.lpips_lin, disc_weight=args.disc_weight,
                                    disc_start=args.disc_start)
     task = TokenizerTask(model, loss_cfg)
-    cfg = _train_config(args, train_overrides, TOKENIZER_DEFAULTS)
     return train(task, dataset, cfg)
 
 
@@ -143,24 +145,26 @@ def _generator_for(tokenizer, spec: str, overrides: dict):
 def train_generator(args, train_overrides: dict):
     from ..data import CachedTokens, cache_tokenizer_outputs
     from ..models.next_scale import VAR
+    from .checkpoint import seed_everything
     from .generator_tasks import NextScaleTask, NextTokenTask
     from .loop import train
 
+    cfg = _train_config(args, train_overrides, GENERATOR_DEFAULTS)
     tokenizer = load_model_folder(args.tokenizer).eval()
     dataset = build_dataset(args.data, args.image_size, limit=args.limit)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    encode = tokenizer.img_to_idx if hasattr(tokenizer, "img_to_idx") else tokenizer.encode
-    cache = cache_tokenizer_outputs(encode, dataset, out / "tokens.safetensors", batch_size=256,
-                                    tokenizer=tokenizer, progress=True)
-    tokens = CachedTokens(cache)
+    # The generator is built (and checked against the data) before anything is written to the run folder.
+    seed_everything(cfg.seed)  # initialisation is part of the run: the same command gives the same weights
     gen = _generator_for(tokenizer, args.model, _model_overrides(args))
     num_classes = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", []))
     if num_classes and gen.config.num_classes != num_classes:
         raise ConfigError(f"the data has {num_classes} classes but the generator preset has "
                           f"{gen.config.num_classes}; add --model-set num_classes={num_classes}")
+    out = Path(args.out)
+    encode = tokenizer.img_to_idx if hasattr(tokenizer, "img_to_idx") else tokenizer.encode
+    cache = cache_tokenizer_outputs(encode, dataset, out / "tokens.safetensors", batch_size=256,
+                                    tokenizer=tokenizer, progress=True)
+    tokens = CachedTokens(cache)
     task = NextScaleTask(gen, tokenizer) if isinstance(gen, VAR) else NextTokenTask(gen)
-    cfg = _train_config(args, train_overrides, GENERATOR_DEFAULTS)
     result = train(task, _FlatTokens(tokens), cfg)
     write_pipeline(tokenizer, out / "final", out / "pipeline", class_names=getattr(dataset, "classes", None))
     return result
