@@ -1,5 +1,10 @@
 """Training checkpoints: everything needed to continue a run as if it had never stopped.
 
+Besides state_dicts, a module may keep state that later training steps read but that must stay out of its
+state_dict (to keep an official checkpoint's keys): it then defines `training_state() -> dict` and
+`load_training_state(state)`, and the loop saves that state for every such sub-module (see
+`module_training_state`).
+
 `out_dir/latest.pt` is written to a temporary name and renamed (vision_ar.io.atomic_torch_save), so a crash
 during the write leaves the previous latest.pt intact. With keep_last_ckpts = k > 0 the last k checkpoints
 are also kept as `ckpt_<step>.pt` (hard links to the same bytes). The file is read back with
@@ -58,6 +63,24 @@ def restore_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state_all(state["cuda"])
         else:  # another machine shape: keep at least the current device's stream reproducible
             torch.cuda.set_rng_state(state["cuda"][torch.cuda.current_device() % len(state["cuda"])])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Module state outside the state_dict
+# ----------------------------------------------------------------------------------------------------
+def module_training_state(model: torch.nn.Module) -> dict:
+    """{sub-module name: its training_state()} for every sub-module that defines one."""
+    return {name: m.training_state() for name, m in model.named_modules() if callable(getattr(m, "training_state", None))}
+
+
+def load_module_training_state(model: torch.nn.Module, state: dict, path) -> None:
+    modules = dict(model.named_modules())
+    for name, sub in state.items():
+        target = modules.get(name)
+        if target is None or not callable(getattr(target, "load_training_state", None)):
+            raise CheckpointError(f"{path} holds training state for sub-module {name!r}, which this model does not "
+                                  f"have (or which keeps none): resume with the model config the run started with.")
+        target.load_training_state(sub)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ Each optimizer step (`train_step`):
 
 Killing the process at any moment and calling `train` again with the same arguments continues from
 latest.pt and, on CPU with num_workers=0, produces bit-identical weights to a run that never stopped: the
-checkpoint holds the model, EMA, optimizer(s), step, every RNG state and the data position.
+checkpoint holds everything a step reads: the model and discriminator (state_dicts plus the state their
+modules keep outside them, `training_state()`), EMA, optimizer(s), step, every RNG state, the data position,
+the non-finite counter and the sums of the metrics line in progress.
 
 Map of this file: the run's state (`Player`, `Run`) | building it | resuming it | checkpoints | one step |
 the loop (`train`) | the final model.
@@ -39,8 +41,8 @@ from ..errors import CheckpointError, ConfigError, VisionARError
 from ..io import check_writable
 from . import distributed as D
 from .batches import BatchStream, to_device
-from .checkpoint import (LATEST, METRICS, capture_rng_state, load_training_checkpoint, restore_rng_state,
-                         save_training_checkpoint, seed_everything)
+from .checkpoint import (LATEST, METRICS, capture_rng_state, load_module_training_state, load_training_checkpoint,
+                         module_training_state, restore_rng_state, save_training_checkpoint, seed_everything)
 from .config import TrainConfig
 from .ema import EMA
 from .metrics_log import Window, append_record, truncate_metrics
@@ -168,7 +170,13 @@ def restore_run(run: Run, ckpt: dict, path: Path) -> None:
             raise CheckpointError(f"{path} has no discriminator state but the task has a discriminator.")
         D.load_model_state_dict(run.disc.raw, ckpt["discriminator"])
         load_optimizer_keeping_lrs(run.disc, ckpt["disc_optimizer"], fsdp_aware=False)
+    modules = ckpt.get("module_state", {})
+    load_module_training_state(run.model.raw, modules.get("model", {}), path)
+    if run.disc is not None:
+        load_module_training_state(run.disc.raw, modules.get("discriminator", {}), path)
     run.stream.load_state_dict(ckpt["data"])
+    if ckpt.get("log_window") is not None:
+        run.window.load_state_dict(ckpt["log_window"])
     run.step = int(ckpt["step"])
     run.nonfinite_in_row = int(ckpt.get("nonfinite_in_row", 0))
     rng, info = ckpt["rng"], run.info
@@ -210,6 +218,9 @@ def checkpoint_state(run: Run) -> dict:
         "data": run.stream.state_dict(),
         "rng": all_gather_object(capture_rng_state(), run.info),
         "nonfinite_in_row": run.nonfinite_in_row,
+        "module_state": {"model": module_training_state(m.raw),
+                         "discriminator": module_training_state(d.raw) if d is not None else {}},
+        "log_window": run.window.state_dict(),
         "config": run.cfg.to_dict(),
         "world_size": run.info.world_size,
     }

@@ -24,6 +24,14 @@ class Window:
                 self.sums[k] = self.sums.get(k, 0.0) + float(v)
                 self.counts[k] = self.counts.get(k, 0) + 1
 
+    def state_dict(self) -> dict:
+        """The sums so far: a run resumed between two log lines logs the same averages as one that never stopped."""
+        return {"sums": dict(self.sums), "counts": dict(self.counts), "steps": self.steps, "skipped": self.skipped}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sums, self.counts = dict(state["sums"]), dict(state["counts"])
+        self.steps, self.skipped = int(state["steps"]), int(state["skipped"])
+
     def means(self) -> dict[str, float]:
         return {k: self.sums[k] / self.counts[k] for k in self.sums}
 
