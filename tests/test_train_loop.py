@@ -153,6 +153,31 @@ def test_interrupted_checkpoint_write_keeps_previous_latest(tmp_path, monkeypatc
     assert train(Regress(), make_data(), cfg_for(tmp_path)).step == 6  # and it resumes from it
 
 
+def test_restart_before_the_first_checkpoint_and_stale_temporaries(tmp_path):
+    """A run killed before its first checkpoint starts over without logging its steps twice; temporary files
+    of writes interrupted by a kill are removed at start."""
+    class Stop(Exception):
+        pass
+
+    class Dies(Regress):
+        def loss(self, model, batch, step):
+            if step == 3:
+                raise Stop()
+            return super().loss(model, batch, step)
+
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(Dies(), make_data(), cfg_for(tmp_path, ckpt_every=4, log_every=1))
+    assert [l["step"] for l in read_metrics(run)] == [1, 2, 3] and not (run / LATEST).exists()
+    stale = [run / ".latest.pt.x1y2.tmp", run / ".metrics.jsonl.abc.tmp", run / ".ckpt_00000004.pt.link"]
+    for p in stale:
+        p.write_bytes(b"half")
+    (run / ".final.q9").mkdir()
+    train(Regress(), make_data(), cfg_for(tmp_path, ckpt_every=4, log_every=1))
+    assert [l["step"] for l in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in run.iterdir()) == [LATEST, METRICS]
+
+
 # ----------------------------------------------------------------------------------------------------
 # EMA, GAN discriminator, switches
 # ----------------------------------------------------------------------------------------------------

@@ -105,6 +105,20 @@ def save_training_checkpoint(state: dict, out_dir: Path, step: int, keep_last: i
     return latest
 
 
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete what writes interrupted by a kill left in a run folder: temporary checkpoint and metrics files
+    (`.latest.pt.*.tmp`), checkpoint links, and half-written `final/` folders. Returns what was removed."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    stale = []
+    for pattern in (f".{LATEST}.*.tmp", f".{METRICS}.*.tmp", ".ckpt_*.pt.link", ".final.*"):
+        stale += sorted(out_dir.glob(pattern))
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
+
+
 def load_training_checkpoint(path: Path) -> dict:
     ckpt = load_checkpoint(path, what="training checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:

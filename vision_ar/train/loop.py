@@ -42,7 +42,8 @@ from ..io import check_writable
 from . import distributed as D
 from .batches import BatchStream, to_device
 from .checkpoint import (LATEST, METRICS, capture_rng_state, load_module_training_state, load_training_checkpoint,
-                         module_training_state, restore_rng_state, save_training_checkpoint, seed_everything)
+                         module_training_state, remove_stale_temporaries, restore_rng_state, save_training_checkpoint,
+                         seed_everything)
 from .config import TrainConfig
 from .ema import EMA
 from .metrics_log import Window, append_record, truncate_metrics
@@ -191,8 +192,21 @@ def resume_run(run: Run) -> None:
     path = run.out_dir / LATEST
     restore_run(run, load_training_checkpoint(path), path)
     if run.info.is_main:
-        truncate_metrics(run.out_dir / METRICS, run.step)
+        truncate_metrics(run.out_dir / METRICS, run.step)  # the lines logged after it are logged again
         print(f"resumed from {path} at step {run.step}")
+
+
+def start_run_folder(run: Run, resuming: bool) -> None:
+    """Rank 0 clears what a killed run left behind: temporary files of interrupted writes, and, for a fresh
+    start, the metrics lines of a run that never reached its first checkpoint (they would be logged twice)."""
+    if not run.info.is_main:
+        return
+    for p in remove_stale_temporaries(run.out_dir):
+        print(f"removed {p} (left by an interrupted write)")
+    metrics = run.out_dir / METRICS
+    if not resuming and metrics.is_file() and metrics.stat().st_size:
+        print(f"note: {metrics} holds lines of a run without a checkpoint to resume from: starting it over")
+        truncate_metrics(metrics, 0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -360,9 +374,11 @@ def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: DistInf
     check_writable(out_dir / LATEST)
     seed_everything(cfg.seed, info.rank)  # a resumed run then restores the checkpoint's RNG states
     run = build_run(task, dataset, cfg, info, out_dir)
-    if resume and (out_dir / LATEST).is_file():
+    resuming = resume and (out_dir / LATEST).is_file()
+    start_run_folder(run, resuming)
+    if resuming:
         resume_run(run)
-    last_saved = run.step if resume and (out_dir / LATEST).is_file() else -1
+    last_saved = run.step if resuming else -1
 
     progress = None
     if info.is_main and cfg.progress:
