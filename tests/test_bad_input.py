@@ -113,3 +113,19 @@ def test_written_weights_have_the_permissions_of_their_config(tmp_path):
                      z_channels=8, ch=32, num_res_blocks=1)).save_pretrained(tmp_path / "m")
     mode = {p.name: stat.S_IMODE(os.stat(p).st_mode) for p in (tmp_path / "m").iterdir()}
     assert mode["model.safetensors"] == mode["config.json"], mode
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training settings
+# ----------------------------------------------------------------------------------------------------
+TRAIN_TINY = ["train", "tokenizer", "--model", "var-vqvae-fmnist", "--model-set", "vocab_size=32", "--data",
+              "fashion-mnist", "--limit", "8", "--set", "batch_size=4", "--set", "progress=false"]
+
+
+def test_resume_with_changed_settings_needs_the_flag(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "run")]
+    assert main(TRAIN_TINY + out + ["--steps", "1"]) == 0
+    fails_clearly(capsys, TRAIN_TINY + out + ["--steps", "2", "--set", "lr=0.001"], "train.lr: 0.0003 then, 0.001 now",
+                  "--allow-changed-settings")
+    assert main(TRAIN_TINY + out + ["--steps", "2", "--set", "lr=0.001", "--allow-changed-settings"]) == 0
+    assert "train.lr" in (tmp_path / "run" / "resume_log.jsonl").read_text()

@@ -41,6 +41,8 @@ class TrainConfig:
     fsdp: bool = False                 # shard params/grads/optimizer state (FSDP2) instead of DDP, for 1B+ models
     max_nonfinite_in_row: int = 5      # stop with an error after this many skipped steps in a row
     num_workers: int = 0               # DataLoader workers (0 = in-process: bit-exact resume incl. augmentation)
+    # ---- resuming
+    allow_changed_settings: bool = False  # resume although settings differ from the checkpoint's (recorded)
 
     def __post_init__(self):
         if isinstance(self.betas, list):

@@ -48,6 +48,7 @@ from .config import TrainConfig
 from .ema import EMA
 from .metrics_log import Window, append_record, truncate_metrics
 from .schedule import lr_multiplier, set_lr
+from .settings import RESUME_LOG, check_resume_settings, record_changes, run_settings
 from .task import TrainTask, default_param_groups, frozen, gan_started
 
 
@@ -188,11 +189,19 @@ def restore_run(run: Run, ckpt: dict, path: Path) -> None:
               f"random streams restart from the seed (the run is not an exact continuation).")
 
 
-def resume_run(run: Run) -> None:
+def resume_run(run: Run, task) -> None:
+    """Continue from latest.pt: refuse changed settings unless allowed (and record accepted changes)."""
     path = run.out_dir / LATEST
-    restore_run(run, load_training_checkpoint(path), path)
+    ckpt = load_training_checkpoint(path)
+    changes = check_resume_settings(ckpt.get("settings"), run_settings(task, run.cfg, len(run.stream.dataset)),
+                                    run.cfg.allow_changed_settings, path)
+    restore_run(run, ckpt, path)
     if run.info.is_main:
         truncate_metrics(run.out_dir / METRICS, run.step)  # the lines logged after it are logged again
+        if changes:
+            record_changes(run.out_dir, run.step, changes)
+            print(f"settings changed on resume (recorded in {run.out_dir / RESUME_LOG}): "
+                  + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items()))
         print(f"resumed from {path} at step {run.step}")
 
 
@@ -219,7 +228,7 @@ def ema_model(run: Run) -> nn.Module | None:
     return run.ema.make_model(run.model.raw)
 
 
-def checkpoint_state(run: Run) -> dict:
+def checkpoint_state(run: Run, task) -> dict:
     """Every rank takes part (FSDP gathers, the RNG states of every rank); only rank 0 needs the result."""
     m, d = run.model, run.disc
     return {
@@ -236,13 +245,14 @@ def checkpoint_state(run: Run) -> dict:
                          "discriminator": module_training_state(d.raw) if d is not None else {}},
         "log_window": run.window.state_dict(),
         "config": run.cfg.to_dict(),
+        "settings": run_settings(task, run.cfg, len(run.stream.dataset)),
         "world_size": run.info.world_size,
     }
 
 
 def save_checkpoint(run: Run, task) -> None:
     """Write latest.pt (rank 0), then call the task's on_checkpoint hook; the other ranks wait."""
-    state = checkpoint_state(run)
+    state = checkpoint_state(run, task)
     if run.info.is_main:
         save_training_checkpoint(state, run.out_dir, run.step, run.cfg.keep_last_ckpts)
         hook = getattr(task, "on_checkpoint", None)
@@ -377,7 +387,7 @@ def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: DistInf
     resuming = resume and (out_dir / LATEST).is_file()
     start_run_folder(run, resuming)
     if resuming:
-        resume_run(run)
+        resume_run(run, task)
     last_saved = run.step if resuming else -1
 
     progress = None

@@ -16,6 +16,9 @@ and optionally
                                                gan_started(task, step); a None loss = nothing to train
                                                for this step
     on_checkpoint(step, out_dir, model, ema_model)   called on rank 0 after each checkpoint (samples, evals)
+    settings()                              -> dict of the task's own settings (loss weights...): saved in
+                                               checkpoints; a resume that changes them is refused unless
+                                               allowed (vision_ar/train/settings.py)
 
 `model` passed to `loss` is the wrapped module (DDP/FSDP): call it (forward) so gradients are synchronised;
 use `unwrap(model)` for attributes and other methods. The loop runs the generator's forward and backward

@@ -10,6 +10,7 @@ adaptive weight: it needs the decoder's last-layer gradient and makes resume dep
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +52,9 @@ class TokenizerTask:
             self.lpips = LPIPS.from_local(cfg.lpips_vgg_path, cfg.lpips_lin_path)
         self.discriminator = PatchDiscriminator(ch=cfg.disc_channels, n_layers=cfg.disc_layers) \
             if cfg.disc_weight > 0 else None
+
+    def settings(self) -> dict:  # compared on resume
+        return dataclasses.asdict(self.cfg)
 
     @property
     def disc_start(self) -> int:  # read by the loop through gan_started: the one GAN start step
