@@ -129,3 +129,55 @@ def test_resume_with_changed_settings_needs_the_flag(tmp_path, capsys):
                   "--allow-changed-settings")
     assert main(TRAIN_TINY + out + ["--steps", "2", "--set", "lr=0.001", "--allow-changed-settings"]) == 0
     assert "train.lr" in (tmp_path / "run" / "resume_log.jsonl").read_text()
+
+
+def test_training_values_of_the_wrong_type(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "run")]
+    fails_clearly(capsys, TRAIN_TINY + out + ["--steps", "1", "--set", "lr=abc"], "lr must be a number", "'abc'")
+    fails_clearly(capsys, TRAIN_TINY + out + ["--steps", "0"], "max_steps (--steps) must be >= 1", "untrained")
+    fails_clearly(capsys, TRAIN_TINY + out + ["--steps", "1", "--model-set", "bogus=3"],
+                  "preset 'var-vqvae-fmnist' has no config field 'bogus'", "known fields:", "patch_nums")
+    fails_clearly(capsys, TRAIN_TINY + out + ["--steps", "1", "--model-set", "patch_nums=1,2,4"],
+                  "patch_nums must be a list", "'1,2,4'")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"_class": "MultiScaleVQVAE", "patch_nums": "1248", "test_mode": False}))
+    fails_clearly(capsys, TRAIN_TINY[:3] + [str(cfg)] + TRAIN_TINY[4:] + out + ["--steps", "1"],
+                  "MultiScaleVQVAE config: patch_nums must be a list", "'1248'")
+    assert list(tmp_path.iterdir()) == [cfg]
+
+
+def test_bad_generator_settings_leave_no_run_folder(var_folder, tmp_path, capsys):
+    fails_clearly(capsys, ["train", "generator", "--model", "var-fmnist", "--tokenizer", str(var_folder / "tokenizer"),
+                           "--data", "fashion-mnist", "--limit", "8", "--steps", "1", "--out", str(tmp_path / "gen"),
+                           "--model-set", "bogus=3"], "bogus")
+    assert not (tmp_path / "gen").exists()  # no folder, no token cache
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pipeline folders with bad content
+# ----------------------------------------------------------------------------------------------------
+def copy_of(folder, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def sample_argv(folder, tmp_path, *extra):
+    return ["sample", "--model", str(folder), "--classes", "0", "--out", str(tmp_path / "o.png"), *extra]
+
+
+def test_pipeline_json_with_bad_values(var_folder, tmp_path, capsys):
+    folder = copy_of(var_folder, tmp_path)
+    cfg = json.loads((folder / "pipeline.json").read_text())
+    cfg["defaults"]["guidance_scale"] = "high"
+    (folder / "pipeline.json").write_text(json.dumps(cfg))
+    fails_clearly(capsys, sample_argv(folder, tmp_path), "pipeline.json", "guidance_scale must be a number", "'high'")
+    (folder / "pipeline.json").write_text("{not json")
+    fails_clearly(capsys, sample_argv(folder, tmp_path), "pipeline.json is not valid JSON")
+    gen_cfg = folder / "generator" / "config.json"
+    (folder / "pipeline.json").write_text(json.dumps({**cfg, "defaults": {}}))
+    gen_cfg.write_text(json.dumps({**json.loads(gen_cfg.read_text()), "patch_nums": "124"}))
+    fails_clearly(capsys, sample_argv(folder, tmp_path), "VAR config: patch_nums must be a list", "'124'")
+    assert not (tmp_path / "o.png").exists()

@@ -198,6 +198,9 @@ class PretrainedMixin:
         unknown = sorted(set(d) - fields)
         if unknown:
             raise ConfigError(f"{cls.__name__} config has unknown fields {unknown}; known: {sorted(fields)}")
+        from .validation import check_values
+
+        check_values(d, cls.config_class, f"{cls.__name__} config")  # e.g. patch_nums given as a string
         for f in dataclasses.fields(cls.config_class):  # JSON has lists where configs use tuples
             if f.name in d and isinstance(d[f.name], list):
                 d[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in d[f.name])

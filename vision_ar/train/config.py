@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..validation import check_dataclass_types
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TrainConfig:
     allow_changed_settings: bool = False  # resume although settings differ from the checkpoint's (recorded)
 
     def __post_init__(self):
+        check_dataclass_types(self, "TrainConfig", fix=" (a --set value from the command line is read as JSON)")
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
         self.validate()
@@ -54,7 +56,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"TrainConfig: {msg}")
 
-        need(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
+        need(self.max_steps >= 1, f"max_steps (--steps) must be >= 1, got {self.max_steps}: a run of no steps "
+                                   f"would only write untrained weights")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         need(self.batch_size >= 1 and self.batch_size % (self.grad_accum * world_size) == 0,
              f"batch_size {self.batch_size} must be a positive multiple of grad_accum ({self.grad_accum}) x "
