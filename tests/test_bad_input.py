@@ -181,3 +181,20 @@ def test_pipeline_json_with_bad_values(var_folder, tmp_path, capsys):
     gen_cfg.write_text(json.dumps({**json.loads(gen_cfg.read_text()), "patch_nums": "124"}))
     fails_clearly(capsys, sample_argv(folder, tmp_path), "VAR config: patch_nums must be a list", "'124'")
     assert not (tmp_path / "o.png").exists()
+
+
+@pytest.mark.parametrize("poison, message", [
+    (lambda t: t.index_fill(0, torch.tensor([0]), float("nan")), "non-finite value(s) (NaN)"),
+    (lambda t: t.index_fill(0, torch.tensor([0]), float("inf")), "non-finite value(s) (inf)"),
+    (lambda t: t.round().to(torch.int64), "torch.int64 vs model torch.float32"),
+])
+def test_weights_that_cannot_be_right(var_folder, tmp_path, capsys, poison, message):
+    from safetensors.torch import load_file, save_file
+
+    folder = copy_of(var_folder, tmp_path)
+    path = folder / "generator" / "model.safetensors"
+    sd = load_file(str(path))
+    name = next(k for k, v in sd.items() if v.is_floating_point() and k.endswith("weight"))
+    sd[name] = poison(sd[name])
+    save_file(sd, str(path))
+    fails_clearly(capsys, sample_argv(folder, tmp_path), name, message)

@@ -136,6 +136,8 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], wha
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    wrong += [f"{k}: checkpoint {sd[k].dtype} vs model {own[k].dtype}" for k in own
+              if k in sd and _kind(sd[k]) != _kind(own[k])]  # load_state_dict would cast silently
     if missing or unexpected or wrong:
         lines = [f"{what} does not fit {type(model).__name__}:"]
         if missing:
@@ -143,10 +145,30 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], wha
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
         if wrong:
-            lines.append(f"  wrong shapes ({len(wrong)}): {wrong}")
+            lines.append(f"  wrong shapes or dtypes ({len(wrong)}): {wrong}")
         lines.append("  Check that the preset/config matches the checkpoint (depth, width, vocabulary, image size).")
         raise CheckpointError("\n".join(lines))
+    check_finite(model, sd, what)
     model.load_state_dict(dict(sd), strict=True)
+
+
+def _kind(t: torch.Tensor) -> str:
+    return "complex" if t.is_complex() else "float" if t.is_floating_point() else "integer"
+
+
+def check_finite(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Weights must be finite: a NaN anywhere, or an inf in a parameter (buffers such as attention masks may
+    hold -inf on purpose), is refused, naming the tensor, instead of producing NaN images later."""
+    params = {name for name, _ in model.named_parameters()}
+    for k, t in sd.items():
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        bad = ~torch.isfinite(t) if k in params else torch.isnan(t)
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise CheckpointError(f"{what}: tensor {k!r} holds {n} non-finite value(s) "
+                                  f"({'NaN' if bool(torch.isnan(t).any()) else 'inf'}) out of {t.numel()}: the "
+                                  f"weights are corrupt (a diverged run?). Use another checkpoint.")
 
 
 # ----------------------------------------------------------------------------------------------------
