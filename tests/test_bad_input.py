@@ -198,3 +198,25 @@ def test_weights_that_cannot_be_right(var_folder, tmp_path, capsys, poison, mess
     sd[name] = poison(sd[name])
     save_file(sd, str(path))
     fails_clearly(capsys, sample_argv(folder, tmp_path), name, message)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sampling options
+# ----------------------------------------------------------------------------------------------------
+def test_sampler_options(gpt_folder, tmp_path, capsys):
+    fails_clearly(capsys, sample_argv(gpt_folder, tmp_path, "--sjd-window", "4"),
+                  "--sjd-window only apply with --sampler sjd", "add --sampler sjd")
+    fails_clearly(capsys, sample_argv(gpt_folder, tmp_path, "--sjd-init", "vertical", "--sjd-window", "4"),
+                  "--sjd-window and --sjd-init")
+    err = fails_clearly(capsys, sample_argv(gpt_folder, tmp_path, "--sampler", "bogus"), "unknown sampler 'bogus'")
+    help_text = [a.help for a in __import__("vision_ar.cli", fromlist=["x"]).build_parser()._subparsers._group_actions[0]
+                 .choices["sample"]._actions if "--sampler" in a.option_strings][0]
+    assert help_text.startswith("default | sjd") and "'default'" in err and "'sjd'" in err and "'loop'" not in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_uppercase_suffix_writes_the_format_it_names(var_folder, tmp_path):
+    assert main(["sample", "--model", str(var_folder), "--classes", "0", "--out", str(tmp_path / "up.PNG")]) == 0
+    assert (tmp_path / "up.PNG").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["sample", "--model", str(var_folder), "--classes", "0", "--out", str(tmp_path / "up.JPG")]) == 0
+    assert (tmp_path / "up.JPG").read_bytes()[:3] == b"\xff\xd8\xff"

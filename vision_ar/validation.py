@@ -87,6 +87,15 @@ def check_dataclass_types(obj, what: str | None = None, fix: str = "") -> None:
                  what or type(obj).__name__, fix)
 
 
+def require_sampler(sampler: str, needed: str, **options) -> None:
+    """Options of one sampler (e.g. SJD's window) given with another one are refused, not silently ignored."""
+    given = [k for k, v in options.items() if v is not None]
+    if given and sampler != needed:
+        flags = " and ".join("--" + k.replace("_", "-") for k in given)
+        raise ConfigError(f"{flags} only apply with --sampler {needed} (this run uses --sampler {sampler}): add "
+                          f"--sampler {needed}, or drop {flags}")
+
+
 # ----------------------------------------------------------------------------------------------------
 # Preset overrides (`create(name, **overrides)`, `--model-set k=v`)
 # ----------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_path, check_writable
+from ..validation import require_sampler
 
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
 
@@ -54,7 +55,7 @@ def save_grid(images: np.ndarray, path: Path, ncol: int | None = None) -> None:
         r, k = divmod(i, ncol)
         grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + k * (w + 2): 2 + k * (w + 2) + w] = im
     with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG" if path.suffix == ".png" else "JPEG")
+        Image.fromarray(grid).save(tmp, format="PNG" if path.suffix.lower() == ".png" else "JPEG")
 
 
 def save_npz(images: np.ndarray, labels: list[int], path: Path) -> None:
@@ -70,6 +71,7 @@ def run(args) -> int:
     check_writable(out)  # before any model is loaded
     if args.repeat < 1 or args.batch_size < 1:
         raise ConfigError("--repeat and --batch-size must be >= 1")
+    require_sampler(args.sampler, "sjd", sjd_window=args.sjd_window, sjd_init=args.sjd_init)
     from ..distributed import resolve_device
     from ..pipelines import load_pipeline
 

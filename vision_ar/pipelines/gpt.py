@@ -7,7 +7,7 @@ import torch
 from ..errors import ConfigError
 from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
 
-SAMPLERS = ("default", "loop", "sjd")
+SAMPLERS = ("default", "loop", "sjd")  # 'loop' is the default's name inside pipeline.json
 
 
 class GPTPipeline(Pipeline):
@@ -39,7 +39,8 @@ class GPTPipeline(Pipeline):
         pick = self.setting
         sampler = pick(None if sampler == "default" else sampler, "sampler")
         if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; choose 'loop' (plain KV-cached loop) or 'sjd'")
+            raise ConfigError(f"unknown sampler {sampler!r}; choose 'default' (the plain KV-cached loop) or 'sjd' "
+                              f"(Speculative Jacobi Decoding)")
         labels = check_class_labels(class_labels, self.num_classes)
         device = next(self.gpt.parameters()).device
         cond = torch.tensor(labels, dtype=torch.long, device=device)
