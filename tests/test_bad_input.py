@@ -220,3 +220,10 @@ def test_uppercase_suffix_writes_the_format_it_names(var_folder, tmp_path):
     assert (tmp_path / "up.PNG").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["sample", "--model", str(var_folder), "--classes", "0", "--out", str(tmp_path / "up.JPG")]) == 0
     assert (tmp_path / "up.JPG").read_bytes()[:3] == b"\xff\xd8\xff"
+
+
+def test_eval_rejected_setting_leaves_no_run_folder(var_folder, tmp_path, capsys):
+    base = ["eval", "--pipeline", str(var_folder), "--ref", "fashion-mnist", "--num", "2", "--chunk-size", "2",
+            "--no-progress", "--device", "cpu", "--out-dir", str(tmp_path / "ev")]
+    fails_clearly(capsys, base + ["--cfg", "nan"], "guidance_scale")
+    assert not (tmp_path / "ev").exists()
