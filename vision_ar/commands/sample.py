@@ -40,6 +40,7 @@ def add_parser(sub):
     p.add_argument("--sjd-init", default=None, help="SJD draft initialisation")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown for several batches)")
     p.add_argument("--out", required=True, help="grid .png/.jpg, or .npz (ADM layout: uint8 arr_0 N,H,W,3 + labels)")
     p.set_defaults(func=run)
 
@@ -74,6 +75,7 @@ def run(args) -> int:
     require_sampler(args.sampler, "sjd", sjd_window=args.sjd_window, sjd_init=args.sjd_init)
     from ..distributed import resolve_device
     from ..pipelines import load_pipeline
+    from ..pipelines.batches import sample_in_batches
 
     device = str(resolve_device(args.device))  # an unknown or absent device is refused before loading
     pipe = load_pipeline(args.model, device=device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
@@ -91,19 +93,10 @@ def run(args) -> int:
                 kwargs[k] = getattr(args, k)
     # One generator for the whole run: same seed and settings -> same images on the same device.
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    chunks, stats = [], []
-    for i in range(0, len(labels), args.batch_size):
-        res = pipe(class_labels=labels[i: i + args.batch_size], generator=generator, output_type="np", **kwargs)
-        chunks.append(res.images)
-        stats.append(res.stats)
-    images = np.concatenate(chunks)
+    images, stats = sample_in_batches(pipe, labels, args.batch_size, generator, progress=not args.no_progress, **kwargs)
     if out.suffix.lower() == ".npz":
         save_npz(images, labels, out)
     else:
         save_grid(images, out, ncol=len(args.classes) if args.repeat > 1 else None)
-    summary = {"out": str(out), "n": len(labels), "seconds": round(sum(s.get("seconds", 0) for s in stats), 3)}
-    for key in ("forward_passes", "mean_accept_length"):
-        if stats and key in stats[0]:
-            summary[key] = stats[0][key] if len(stats) == 1 else [s[key] for s in stats]
-    print(json.dumps(summary))
+    print(json.dumps({"out": str(out), "n": len(labels), **stats}))
     return 0
