@@ -146,10 +146,16 @@ def test_training_values_of_the_wrong_type(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [cfg]
 
 
-def test_bad_generator_settings_leave_no_run_folder(var_folder, tmp_path, capsys):
+@pytest.mark.parametrize("extra, message", [
+    (["--model-set", "bogus=3"], "bogus"),
+    (["--set", "batch_size=16"], "fewer than one micro-batch"),
+    (["--set", "device=bogus"], "not a device name"),
+])
+def test_bad_generator_settings_leave_no_run_folder(var_folder, tmp_path, capsys, extra, message):
     fails_clearly(capsys, ["train", "generator", "--model", "var-fmnist", "--tokenizer", str(var_folder / "tokenizer"),
                            "--data", "fashion-mnist", "--limit", "8", "--steps", "1", "--out", str(tmp_path / "gen"),
-                           "--model-set", "bogus=3"], "bogus")
+                           "--model-set", "vocab_size=32", "--model-set", "Cvae=8", "--model-set", "patch_nums=[1,2,4]",
+                           *extra], message)
     assert not (tmp_path / "gen").exists()  # no folder, no token cache
 
 

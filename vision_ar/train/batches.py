@@ -1,6 +1,7 @@
 """The training data: an endless stream of micro-batches that knows its exact (epoch, position)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -8,6 +9,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.sampler import ResumableSampler, epoch_seed
 from ..errors import ConfigError
+
+
+def check_enough_samples(num_samples: int, world_size: int, micro_batch: int) -> None:
+    per_rank = math.ceil(num_samples / world_size)
+    if per_rank < micro_batch:
+        raise ConfigError(f"the dataset has {num_samples} samples, {per_rank} per process, fewer than one "
+                          f"micro-batch of {micro_batch}: lower batch_size or raise grad_accum.")
 
 
 class BatchStream:
@@ -22,9 +30,7 @@ class BatchStream:
                  world_size: int = 1, pin_memory: bool = False):
         self.dataset, self.micro_batch, self.seed, self.num_workers = dataset, micro_batch, seed, num_workers
         self.sampler = ResumableSampler(len(dataset), seed=seed, shuffle=True, rank=rank, world_size=world_size)
-        if self.sampler.per_rank < micro_batch:
-            raise ConfigError(f"the dataset has {len(dataset)} samples, {self.sampler.per_rank} per process, fewer "
-                              f"than one micro-batch of {micro_batch}: lower batch_size or raise grad_accum.")
+        check_enough_samples(len(dataset), world_size, micro_batch)
         self.pin = pin_memory
         self.epoch, self.consumed = 0, 0
         self._it = None

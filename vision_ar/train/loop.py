@@ -35,12 +35,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..distributed import (DistInfo, all_gather_object, all_reduce_mean, barrier, setup_distributed,
-                           teardown_distributed)
+from ..distributed import (DistInfo, all_gather_object, all_reduce_mean, barrier, env_ranks, resolve_device,
+                           setup_distributed, teardown_distributed)
 from ..errors import CheckpointError, ConfigError, VisionARError
 from ..io import check_writable
 from . import distributed as D
-from .batches import BatchStream, to_device
+from .batches import BatchStream, check_enough_samples, to_device
 from .checkpoint import (LATEST, METRICS, capture_rng_state, load_module_training_state, load_training_checkpoint,
                          module_training_state, remove_stale_temporaries, restore_rng_state, save_training_checkpoint,
                          seed_everything)
@@ -102,6 +102,15 @@ def check_task(task) -> None:
                           "see vision_ar/train/task.py")
     if getattr(task, "discriminator", None) is not None and not callable(getattr(task, "disc_loss", None)):
         raise ConfigError(f"{type(task).__name__} has a discriminator but no disc_loss(model, disc, batch, step)")
+
+
+def check_before_writing(cfg: TrainConfig, num_samples: int) -> None:
+    """What train() checks before its first step, for callers that write files (a token cache) before calling
+    it: a run that cannot start must fail before it leaves anything behind."""
+    _, world_size, local_rank = env_ranks()
+    cfg.validate(world_size)
+    resolve_device(cfg.device, local_rank)
+    check_enough_samples(num_samples, world_size, cfg.micro_batch_size(world_size))
 
 
 def make_optimizer(groups: list[dict], lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -147,7 +147,7 @@ def train_generator(args, train_overrides: dict):
     from ..models.next_scale import VAR
     from .checkpoint import seed_everything
     from .generator_tasks import NextScaleTask, NextTokenTask
-    from .loop import train
+    from .loop import check_before_writing, train
 
     cfg = _train_config(args, train_overrides, GENERATOR_DEFAULTS)
     tokenizer = load_model_folder(args.tokenizer).eval()
@@ -159,6 +159,7 @@ def train_generator(args, train_overrides: dict):
     if num_classes and gen.config.num_classes != num_classes:
         raise ConfigError(f"the data has {num_classes} classes but the generator preset has "
                           f"{gen.config.num_classes}; add --model-set num_classes={num_classes}")
+    check_before_writing(cfg, len(dataset))
     out = Path(args.out)
     encode = tokenizer.img_to_idx if hasattr(tokenizer, "img_to_idx") else tokenizer.encode
     cache = cache_tokenizer_outputs(encode, dataset, out / "tokens.safetensors", batch_size=256,
