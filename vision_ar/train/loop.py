@@ -358,10 +358,13 @@ def count_outcome(run: Run, failed: str | None, values: dict) -> None:
         if run.info.is_main:
             print(f"warning: non-finite {failed} at step {run.step}: step skipped ({run.nonfinite_in_row} in a row)")
         if run.nonfinite_in_row >= run.cfg.max_nonfinite_in_row:
+            latest = run.out_dir / LATEST
+            where = (f"{latest} holds the last good checkpoint." if latest.is_file() else
+                     "No checkpoint was written yet.")
             raise NonFiniteLossError(
                 f"{run.nonfinite_in_row} non-finite steps in a row (last at step {run.step}, values {values}). "
                 f"Training diverged: lower lr, raise warmup_steps, keep grad_clip > 0, or try precision='fp32'. "
-                f"{run.out_dir / LATEST} holds the last good checkpoint.")
+                f"{where}")
     run.window.steps += 1
 
 
