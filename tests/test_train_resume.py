@@ -378,6 +378,15 @@ def test_every_family_resumes_bit_identical(tmp_path, case):
     assert [l["step"] for l in metrics_without_timing(tmp_path / "cut")] == [2, 4, 6, 8]
 
 
+@needs_fmnist
+def test_gan_phase_starts_at_one_step_for_both_players(tmp_path):
+    """The adversarial term and the discriminator's training start at the same step (the task's disc_start)."""
+    torch.set_num_threads(1)
+    run_case(ResumeCase("gan", case_gan_tokenizer, settings=dict(max_steps=4, log_every=1)), tmp_path / "gan")
+    lines = metrics_without_timing(tmp_path / "gan")
+    assert [("g_adv" in l, "disc_loss" in l) for l in lines] == [(False, False)] * 2 + [(True, True)] * 2
+
+
 def test_module_state_outside_the_state_dict_is_saved(tmp_path):
     """The multi-scale quantizer's step counter stays out of its (official) state_dict, yet checkpoints hold it."""
     from vision_ar.train.checkpoint import module_training_state
