@@ -52,6 +52,7 @@ class Flag:
     kwarg: str | None = None      # default: the flag name without dashes, '-' -> '_'
     type: Callable | None = str
     action: str | None = None     # e.g. "store_true" (then `type` is ignored)
+    sampler: str | None = None    # only meaningful with this --sampler (e.g. "sjd"); refused with another one
 
     def __post_init__(self):
         if not self.name.startswith("--"):

@@ -65,4 +65,6 @@ def get_preset(name: str) -> Preset:
 
 
 def create(name: str, **overrides):
-    return get_preset(name).builder(**overrides)
+    from .validation import build_with_overrides  # unknown / wrongly typed overrides get a clear error
+
+    return build_with_overrides(name, get_preset(name).builder, overrides)

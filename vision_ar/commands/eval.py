@@ -93,14 +93,13 @@ def _report_fmnist(args, spec, samples: Path, ref_kind: str, report_path: Path, 
 
 
 def run(args) -> int:
-    import torch
-
     from ..errors import ConfigError
     from ..eval.inception import InceptionFeatures, resolve_inception_weights
     from ..eval.metrics import compute_metrics, format_table, versions
     from ..eval.reference import images_side, load_side, peek_source
     from ..eval.images import NpzImageSource
-    from ..eval.sample_writer import SampleSpec, dist_info, export_adm_npz, generate_samples
+    from ..distributed import barrier, setup_distributed, teardown_distributed
+    from ..eval.sample_writer import SampleSpec, export_adm_npz, generate_samples
     from ..io import atomic_write_text, check_writable
 
     # Everything that can be wrong is checked before sampling starts.
@@ -115,15 +114,8 @@ def run(args) -> int:
     check_writable(out_dir / "samples.npz")
     check_writable(report_path)
 
-    rank, world, local_rank = dist_info()
-    if args.device:
-        device = args.device
-    else:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    info = setup_distributed(args.device or "auto")  # the same process setup as training
+    rank, world, device = info.rank, info.world_size, str(info.device)
     try:
         from ..pipelines import load_pipeline
 
@@ -137,8 +129,7 @@ def run(args) -> int:
         generate_samples(pipe, out_dir, spec, rank=rank, world_size=world, image_size=args.image_size,
                          progress=progress)
         del pipe
-        if world > 1:
-            torch.distributed.barrier()
+        barrier(info)
         if rank != 0:
             return 0
 
@@ -171,5 +162,4 @@ def run(args) -> int:
         print(f"report: {report_path}")
         return 0
     finally:
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        teardown_distributed(info)

@@ -27,6 +27,18 @@ def load_kwargs(args) -> dict:
             if flag.to == "load" and getattr(args, flag.dest, None) is not None}
 
 
+def check_sampler_flags(args) -> None:
+    """Flags of one sampler (SJD's window...) given with another --sampler are refused, not silently ignored."""
+    from ..validation import require_sampler
+
+    by_sampler: dict[str, dict] = {}
+    for flag, _ in cli_flags().values():
+        if flag.sampler is not None:
+            by_sampler.setdefault(flag.sampler, {})[flag.dest] = getattr(args, flag.dest, None)
+    for sampler, options in by_sampler.items():
+        require_sampler(args.sampler, sampler, **options)
+
+
 def call_kwargs(args, pipe) -> dict:
     """The call flags the user set, for this pipeline's family; a flag of another family is an error."""
     chosen = [(flag, fams) for flag, fams in cli_flags().values()

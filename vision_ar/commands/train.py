@@ -36,6 +36,8 @@ def add_parser(sub):
     p.add_argument("--out", help="run folder (checkpoints, metrics.jsonl, final/ and pipeline/)")
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--set", action="append", default=[], metavar="K=V", help="override a TrainConfig field")
+    p.add_argument("--allow-changed-settings", action="store_true",
+                   help="resume although settings differ from the checkpoint's (the change is recorded)")
     # tokenizer loss options
     p.add_argument("--lpips-weight", type=float, default=0.0)
     p.add_argument("--lpips-vgg", help="torchvision vgg16 state_dict (local file)")
@@ -77,6 +79,8 @@ def build_request(args):
     train_over = parse_overrides(args.set, {f.name: f for f in dataclasses.fields(TrainConfig)}, "TrainConfig")
     if args.steps is not None:
         train_over["max_steps"] = args.steps
+    if args.allow_changed_settings:
+        train_over["allow_changed_settings"] = True
     # the model's config dataclass rejects unknown fields with the list of known ones
     model_over = parse_overrides(args.model_set, None, "model config")
     common = dict(model=args.model, out=args.out, data=args.data, image_size=args.image_size, limit=args.limit,

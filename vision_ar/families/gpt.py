@@ -45,8 +45,8 @@ FAMILY = register_family(Family(
         no_guidance=1.0, filters="LlamaGen's temperature / top-k / top-p (top_k = 0, top_p = 1 off)"),
     cli_flags=(Flag("--vq", "official LlamaGen VQ checkpoint (with a gpt-* preset)", to="load"),
                Flag("--checkpoint", "official generator checkpoint (with a preset)", to="load"),
-               Flag("--sjd-window", "SJD window length", to="call", type=int),
-               Flag("--sjd-init", "SJD draft initialisation", to="call")),
+               Flag("--sjd-window", "SJD window length", to="call", type=int, sampler="sjd"),
+               Flag("--sjd-init", "SJD draft initialisation", to="call", sampler="sjd")),
     official=Official(paths=("vq", "checkpoint"), files="vq_ds16_c2i.pt and c2i_*.pt files", load=load_official),
     shipped={"fmnist-gpt": "fmnist_gpt"},
 ))

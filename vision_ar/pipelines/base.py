@@ -54,7 +54,36 @@ def read_pipeline_config(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise MissingFileError(f"{path} not found: a pipeline folder holds {PIPELINE_CONFIG} plus component "
                                f"folders (written by Pipeline.save_pretrained)")
-    return json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); fix it or write the folder again with "
+                              f"save_pretrained") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("defaults") or {}, dict):
+        raise CheckpointError(f"{path} must hold an object with '_class' and a 'defaults' object")
+    return cfg
+
+
+def _expected(want) -> tuple[tuple, str]:
+    """The types a sampling setting may take, judged by the pipeline's own default value, and their name."""
+    if isinstance(want, bool):
+        return (bool,), "true or false"
+    if isinstance(want, int):
+        return (int,), "an integer"
+    if isinstance(want, float):
+        return (int, float), "a number"
+    return (type(want),), f"a {type(want).__name__}"
+
+
+def check_defaults(defaults: dict, reference: dict, where: str) -> None:
+    """Sampling defaults (pipeline.json's 'defaults') must be settings the pipeline knows, of the types it uses."""
+    unknown = sorted(set(defaults) - set(reference))
+    if unknown:
+        raise ConfigError(f"{where}: unknown sampling setting(s) {unknown}; this pipeline knows {sorted(reference)}")
+    for key, value in defaults.items():
+        types_, kind = _expected(reference[key])
+        if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
+            raise ConfigError(f"{where}: {key} must be {kind} (e.g. {reference[key]!r}), got {value!r}")
 
 
 def write_pipeline_config(folder: str | os.PathLike, cfg: dict) -> None:
@@ -78,6 +107,7 @@ class Pipeline:
         self.family = family_of(tokenizer=tokenizer, generator=generator)
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
+        check_defaults(defaults or {}, self.default_settings(), f"{type(self).__name__} defaults")
         self.defaults = {**self.default_settings(), **(defaults or {})}
         self.class_names = class_names
 
@@ -129,4 +159,8 @@ class Pipeline:
             except json.JSONDecodeError as e:
                 raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
             parts[part] = model_class(name, role=part).from_pretrained(folder / part)
-        return cls(parts["tokenizer"], parts["generator"], cfg.get("defaults"), cfg.get("class_names")).to(device)
+        try:
+            pipe = cls(parts["tokenizer"], parts["generator"], cfg.get("defaults"), cfg.get("class_names"))
+        except ConfigError as e:  # its sampling defaults: say which file holds them
+            raise ConfigError(f"{folder / PIPELINE_CONFIG}: {e}; fix the 'defaults' there") from None
+        return pipe.to(device)

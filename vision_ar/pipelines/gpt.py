@@ -10,7 +10,7 @@ import torch
 from ..errors import ConfigError
 from .base import Pipeline, PipelineOutput, to_output_type
 
-SAMPLERS = ("default", "loop", "sjd")
+SAMPLERS = ("default", "loop", "sjd")  # 'loop' is the default's name inside pipeline.json
 
 
 def sjd_row_width(layout, init: str) -> int:
@@ -50,7 +50,8 @@ class GPTPipeline(Pipeline):
         pick = self.setting
         sampler = pick(None if sampler == "default" else sampler, "sampler")
         if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; choose 'loop' (plain KV-cached loop) or 'sjd'")
+            raise ConfigError(f"unknown sampler {sampler!r}; choose 'default' (the plain KV-cached loop) or 'sjd' "
+                              f"(Speculative Jacobi Decoding)")
         labels, cfg_scale = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         device = next(self.gpt.parameters()).device
         cond = torch.tensor(labels, dtype=torch.long, device=device)

@@ -117,17 +117,19 @@ TOKENIZER_DEFAULTS = dict(lr=3e-4, weight_decay=0.0, betas=(0.5, 0.9), warmup_st
 
 def train_tokenizer(req: TokenizerRequest):
     from ..family import families_of_tokenizer, list_families
+    from .checkpoint import seed_everything
     from .loop import train
 
     groups = tuple(dict.fromkeys(f.tokenizer_presets for f in list_families()))
     if req.loss.decoder_only and not req.init:
         raise ConfigError("--decoder-only fine-tunes a trained tokenizer: pass --init FOLDER (e.g. runs/fm_vq/final)")
+    cfg = _train_config(req.out, req.train_overrides, TOKENIZER_DEFAULTS)
+    seed_everything(cfg.seed)  # initialisation is part of the run: the same command gives the same weights
     model = load_model_folder(req.init) if req.init else build_model(req.model, req.model_overrides, groups,
                                                                       role="tokenizer")
     model.train().requires_grad_(True)
     dataset = build_dataset(req.data, req.image_size, limit=req.limit)
     task = families_of_tokenizer(model)[0].make_tokenizer_task(model, req.loss)
-    cfg = _train_config(req.out, req.train_overrides, {**TOKENIZER_DEFAULTS, "disc_start_step": req.loss.disc_start})
     return train(task, dataset, cfg)
 
 
@@ -167,17 +169,16 @@ def _image_size(dataset):
 
 def train_generator(req: GeneratorRequest):
     from ..data import CachedTokens, cache_tokenizer_outputs
-    from .loop import train
+    from .checkpoint import seed_everything
+    from .loop import check_before_writing, train
 
+    cfg = _train_config(req.out, req.train_overrides, GENERATOR_DEFAULTS)
     tokenizer = load_model_folder(req.tokenizer).eval()
     family = _generator_family(tokenizer, req.model)
     dataset = build_dataset(req.data, req.image_size, limit=req.limit)
-    out = Path(req.out)
-    out.mkdir(parents=True, exist_ok=True)
     layout = tokenizer.token_layout(_image_size(dataset))
-    cache = cache_tokenizer_outputs(tokenizer.encode, dataset, out / "tokens.safetensors", batch_size=256,
-                                    tokenizer=tokenizer, token_layout=layout, progress=True)
-    tokens = CachedTokens(cache)
+    # The generator is built (and checked against the data) before anything is written to the run folder.
+    seed_everything(cfg.seed)  # initialisation is part of the run: the same command gives the same weights
     overrides = {**family.size_generator(tokenizer, layout), **req.model_overrides}
     gen = build_model(req.model, overrides, (family.generator_presets,), role="generator")
     family.check_pair(tokenizer, gen, layout)
@@ -185,8 +186,12 @@ def train_generator(req: GeneratorRequest):
     if num_classes and gen.config.num_classes != num_classes:
         raise ConfigError(f"the data has {num_classes} classes but the generator preset has "
                           f"{gen.config.num_classes}; add --model-set num_classes={num_classes}")
+    check_before_writing(cfg, len(dataset))
+    out = Path(req.out)
+    cache = cache_tokenizer_outputs(tokenizer.encode, dataset, out / "tokens.safetensors", batch_size=256,
+                                    tokenizer=tokenizer, token_layout=layout, progress=True)
+    tokens = CachedTokens(cache)
     task = family.generator_task(gen, tokenizer)
-    cfg = _train_config(req.out, req.train_overrides, GENERATOR_DEFAULTS)
     result = train(task, FlatTokens(tokens), cfg)
     write_pipeline(tokenizer, out / "final", out / "pipeline", class_names=getattr(dataset, "classes", None))
     return result

@@ -1,7 +1,7 @@
 """Training task shared by the tokenizers (multi-scale VQ, 2D VQ, and any tokenizer with `training_forward`).
 
-loss = recon (L1 or L2) + quantizer loss (commitment + codebook for VQ) + lpips_weight * LPIPS
-       + disc_weight * adversarial (after `disc_start` steps)
+loss = recon (L1 or L2) + quantizer loss (commitment + codebook, or KL) + lpips_weight * LPIPS
+       + disc_weight * adversarial (from step `disc_start` on, when the discriminator is trained too)
 
 `decoder_only=True` fine-tunes the decoder of a trained tokenizer on frozen codes (encoder, quantizer and
 codebook untouched and in eval mode, so no code usage statistics or dead-code restarts change them): the codes
@@ -15,13 +15,14 @@ adaptive weight: it needs the decoder's last-layer gradient and makes resume dep
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .task import unwrap
+from .task import gan_started, unwrap
 from .tokenizer_losses import LPIPS, PatchDiscriminator, generator_adv_loss, hinge_d_loss
 
 
@@ -33,7 +34,7 @@ class TokenizerLossConfig:
     lpips_vgg_path: str | None = None
     lpips_lin_path: str | None = None
     disc_weight: float = 0.0           # > 0 turns the PatchGAN on
-    disc_start: int = 0                # step from which the adversarial loss counts
+    disc_start: int = 0                # step of the GAN phase: adversarial loss and discriminator training
     disc_channels: int = 64
     disc_layers: int = 2
     decoder_only: bool = False         # fine-tune the decoder on frozen codes (see the module docstring)
@@ -88,6 +89,13 @@ class TokenizerTask:
                 m.train(mode)
         return tok.decode_latents(z), torch.zeros((), device=x.device), {}
 
+    def settings(self) -> dict:  # compared on resume
+        return dataclasses.asdict(self.cfg)
+
+    @property
+    def disc_start(self) -> int:  # read by the loop through gan_started: the one GAN start step
+        return self.cfg.disc_start
+
     def _recon_loss(self, rec, x):
         return F.l1_loss(rec, x) if self.cfg.recon == "l1" else F.mse_loss(rec, x)
 
@@ -104,16 +112,14 @@ class TokenizerTask:
             p = self.lpips(rec, x).mean()
             loss = loss + self.cfg.lpips_weight * p
             metrics["lpips"] = p.item()
-        if self.discriminator is not None and step >= self.cfg.disc_start:
-            self.discriminator.requires_grad_(False)  # the generator step must not train D
+        if gan_started(self, step):  # the loop keeps the discriminator frozen during this step
             g = generator_adv_loss(self.discriminator(rec))
-            self.discriminator.requires_grad_(True)
             loss = loss + self.cfg.disc_weight * g
             metrics["g_adv"] = g.item()
         return loss, metrics
 
     def disc_loss(self, model, disc, batch, step):
-        if step < self.cfg.disc_start:
+        if not gan_started(self, step):
             return None, {}
         x = _images(batch)
         with torch.no_grad():
