@@ -69,6 +69,10 @@ class EntityLayout:
     """The sequence layout of one entity type on an h x w latent grid (see the module docstring)."""
 
     def __init__(self, spec: EntitySpec, grid: tuple[int, int]):
+        with torch.device("cpu"):  # index tables are CPU tensors even when a model is built on the meta device
+            self._build(spec, grid)
+
+    def _build(self, spec: EntitySpec, grid: tuple[int, int]) -> None:
         self.spec, self.grid = spec, (int(grid[0]), int(grid[1]))
         h, w = self.grid
         kind = spec.kind

@@ -145,9 +145,10 @@ class XARConfig:
                               f"{grid}x{grid} grid")
         known = {"encoder_embed_dim", "encoder_depth", "encoder_num_heads", "decoder_embed_dim", "decoder_depth",
                  "decoder_num_heads", "mlp_ratio", "label_drop_prob", "attn_dropout", "proj_dropout"}
-        return cls(latent_channels=kw.get("vae_embed_dim", 16), grid_size=grid, num_classes=kw.get("class_num", 1000),
-                   entity="cell", entity_size=grid // per_side, **{k: v for k, v in kw.items() if k in known},
-                   **extra)
+        fields = {k: v for k, v in kw.items() if k in known}
+        fields.update(latent_channels=kw.get("vae_embed_dim", 16), grid_size=grid,
+                      num_classes=kw.get("class_num", 1000), entity="cell", entity_size=grid // per_side)
+        return cls(**{**fields, **extra})
 
     def replace(self, **overrides) -> "XARConfig":
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
