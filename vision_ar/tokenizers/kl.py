@@ -60,6 +60,10 @@ class KLConfig:
     in_channels: int = 3
     norm_groups: int = 32
     latent_scale: float = MAR_LATENT_SCALE
+    # training only: the KL term in latent-diffusion's units (KL summed over the latent, per image, against the
+    # reconstruction summed over pixels; LDM / MAR KL-16: 1e-6). training_forward divides both by the pixel
+    # count so the reconstruction stays a per-pixel mean.
+    kl_weight: float = 1e-6
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -79,6 +83,8 @@ class KLConfig:
                                   f"multiple of norm_groups={self.norm_groups} (GroupNorm); change ch.")
         if not self.latent_scale > 0:
             raise ConfigError(f"KLConfig.latent_scale must be > 0, got {self.latent_scale}")
+        if not self.kl_weight >= 0:
+            raise ConfigError(f"KLConfig.kl_weight must be >= 0, got {self.kl_weight}")
 
     @property
     def widths(self) -> tuple:
@@ -296,13 +302,21 @@ class KLVAE(PretrainedMixin, nn.Module):
     def training_forward(self, images: torch.Tensor, forward=None):
         """The tokenizer-training interface (train/tokenizer_task.py): (reconstruction, kl_loss, stats).
 
-        kl_loss is the KL per latent element (KL summed over C,h,w divided by C*h*w, batch mean), so its
-        weight (the task's quant_weight) does not depend on the image size. `forward`: the DDP wrapper, if any.
-        """
+        kl_loss = kl_weight * KL(posterior || N(0, I)) summed over the latent / pixels per image (batch mean):
+        latent-diffusion's KL term, scaled like the per-pixel mean reconstruction loss the task adds.
+        `forward`: the DDP wrapper of this module, if any (its forward carries the gradient sync)."""
         rec, kl = (forward or self)(images)
-        per_element = kl / (self.config.latent_channels * (images.shape[2] // self.downsample)
-                            * (images.shape[3] // self.downsample))
-        return rec, per_element.mean(), {"kl_per_image": float(kl.detach().mean())}
+        pixels = images.shape[1] * images.shape[2] * images.shape[3]
+        loss = self.config.kl_weight * kl.mean() / pixels
+        return rec, loss, {"kl_per_image": float(kl.detach().mean())}
+
+    @torch.no_grad()
+    def estimate_latent_scale(self, images: torch.Tensor, generator: torch.Generator | None = None) -> float:
+        """1 / std of posterior samples over `images` (how MAR's 0.2325 normalises KL-16 to unit variance):
+        set it with `config.latent_scale = ...` after training a new KL-VAE, before training a generator."""
+        moments = torch.cat([self.encode_moments(chunk) for chunk in images.split(256)])
+        z = self.posterior_from_moments(moments).sample(generator=generator)
+        return float(1.0 / z.float().std())
 
     # ---- official checkpoints ----------------------------------------------------------------------
     def official_state_dict_spec(self) -> dict[str, tuple]:
