@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .task import unwrap
 
 
 class NextXTask:
@@ -40,7 +41,7 @@ class NextXTask:
         out = model(self.latents(cached), labels)
         with torch.no_grad():  # how well the first and the last entity are predicted (context helps the last)
             err = (out.prediction.float() - out.target.float()).pow(2).mean(dim=(0, 2))
-            lay = getattr(model, "module", model).layout
+            lay = unwrap(model).layout
             first, last = lay.bounds[0], lay.bounds[-1]
             metrics = {"mse_first_entity": err[first[0]:first[1]].mean().item(),
                        "mse_last_entity": err[last[0]:last[1]].mean().item()}
