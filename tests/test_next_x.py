@@ -241,7 +241,7 @@ def test_latent_with_wrong_channel_count():
 
 
 def test_class_labels_out_of_range():
-    with pytest.raises(ConfigError, match="class id out of range"):
+    with pytest.raises(ConfigError, match="out of range"):
         sample_flow(tiny("cell").eval(), torch.tensor([0, 7]), num_steps=2)
 
 

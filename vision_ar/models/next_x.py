@@ -46,6 +46,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from ..conditioning import check_label_range
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
 from ..nn.adaln import AdaLNProjection, modulate
@@ -56,6 +57,7 @@ from ..nn.norms import RMSNorm
 from ..nn.rope import apply_rope
 from ..nn.timestep import TimestepEmbedder
 from ..registry import register_preset
+from ..tokens import TokenLayout
 from .entities import ENTITY_TYPES, EntityLayout, EntitySpec, candidate_specs
 
 TIME_INDEX_SCALE = 1000  # the network sees the integer floor(t * 1000), as the official code
@@ -371,11 +373,14 @@ class XAR(PretrainedMixin, nn.Module):
         if not isinstance(labels, torch.Tensor) or labels.ndim != 1 or labels.dtype.is_floating_point:
             raise ConfigError(f"class labels must be a 1-D integer tensor (B,), got "
                               f"{getattr(labels, 'shape', type(labels))}; pass torch.tensor([207, 360]).")
-        hi = self.num_classes if allow_null else self.num_classes - 1
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > hi):
-            raise ConfigError(f"class id out of range: labels {labels.tolist()} but this xAR has num_classes="
-                              f"{self.num_classes} (valid 0..{self.num_classes - 1}"
-                              f"{f'; {self.num_classes} = unconditional' if allow_null else ''}).")
+        if labels.numel():
+            check_label_range(labels.tolist(), self.num_classes, allow_null=allow_null)
+
+    @property
+    def token_layout(self) -> TokenLayout:
+        """The float latent map (C, h, w) this generator models (the KL tokenizer's layout)."""
+        c = self.config
+        return TokenLayout.latent(c.latent_channels, c.grid_size, c.grid_size)
 
     @staticmethod
     def timestep_index(t: torch.Tensor) -> torch.Tensor:

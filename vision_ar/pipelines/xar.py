@@ -14,7 +14,7 @@ import time
 import torch
 
 from ..errors import ConfigError
-from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
+from .base import Pipeline, PipelineOutput, to_output_type
 
 # Official evaluation settings (OliverRensu/xAR README): flow steps per entity and CFG scale of each size.
 OFFICIAL_SAMPLING = {"xar-b": {"num_steps": 40, "guidance_scale": 2.7},
@@ -23,9 +23,6 @@ OFFICIAL_SAMPLING = {"xar-b": {"num_steps": 40, "guidance_scale": 2.7},
 
 
 class XARPipeline(Pipeline):
-    tokenizer_class = "vision_ar.tokenizers.kl.KLVAE"
-    generator_class = "vision_ar.models.next_x.XAR"
-
     def default_settings(self) -> dict:
         # xAR's CFG: drift = uncond + w_k (cond - uncond), w_k ramped from 1 (first entity) to the scale (last
         # entity), so 1 means no guidance. Euler-Maruyama is what the official sample_tokens integrates with.
@@ -50,8 +47,7 @@ class XARPipeline(Pipeline):
             raise ConfigError(f"xAR integrates a flow per entity; sampler {sampler!r} does not apply (choose the "
                               f"integration with method='euler_maruyama' or 'euler')")
         pick = self.setting
-        labels = check_class_labels(class_labels, self.num_classes)
-        cfg = check_guidance(pick(guidance_scale, "guidance_scale"))
+        labels, cfg = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         steps, method, schedule = pick(num_steps, "num_steps"), pick(method, "method"), \
             pick(guidance_schedule, "guidance_schedule")
         check_flow_args(steps, method, cfg, schedule)  # before any work

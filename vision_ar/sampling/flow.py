@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..conditioning import check_guidance
 from ..errors import ConfigError
 
 METHODS = {"euler_maruyama": "euler_maruyama", "sde": "euler_maruyama", "euler": "euler", "ode": "euler"}
@@ -61,9 +62,7 @@ def check_flow_args(num_steps, method: str, guidance_scale, guidance_schedule: s
     if method == "euler_maruyama" and num_steps < 2:
         raise ConfigError(f"the Euler-Maruyama sampler needs num_steps >= 2 (its last step is the deterministic "
                           f"t={SDE_LAST_T} -> 0 update), got {num_steps}; use method='euler' for a single step.")
-    g = float(guidance_scale)
-    if not g == g or g < 0 or g == float("inf"):
-        raise ConfigError(f"guidance_scale must be a finite number >= 0 (1 = no guidance), got {guidance_scale}")
+    check_guidance(guidance_scale, off="1 means no guidance for xAR")
     if guidance_schedule not in SCHEDULES:
         raise ConfigError(f"guidance_schedule must be one of {SCHEDULES}, got {guidance_schedule!r}")
     return method

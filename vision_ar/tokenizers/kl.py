@@ -43,6 +43,7 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..io import PretrainedMixin, load_checkpoint, unwrap_state_dict
 from ..registry import register_preset
+from ..tokens import TokenLayout, image_hw
 
 MAR_LATENT_SCALE = 0.2325  # engine_xar.py / MAR: normalises the KL-16 latent std to about 1
 
@@ -216,8 +217,6 @@ class KLVAE(PretrainedMixin, nn.Module):
             mid_block_add_attention=True)
 
     # ---- layout facts the generator / cache read ---------------------------------------------------
-    token_kind = "latent"      # continuous float latent map (B, C, h, w)
-
     @property
     def latent_channels(self) -> int:
         return self.config.latent_channels
@@ -230,9 +229,19 @@ class KLVAE(PretrainedMixin, nn.Module):
     def latent_scale(self) -> float:
         return self.config.latent_scale
 
-    def latent_grid(self, image_size: int | tuple[int, int]) -> tuple[int, int]:
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        return h // self.downsample, w // self.downsample
+    def token_layout(self, image_size) -> TokenLayout:
+        """The (C, H/f, W/f) float latent map `encode` makes of images of `image_size` (an int or (H, W))."""
+        h, w = image_hw(image_size)
+        f = self.downsample
+        if h % f or w % f:
+            raise ConfigError(f"image size {(h, w)} is not a multiple of the downsampling factor {f}; resize or "
+                              f"crop to a multiple of {f}.")
+        return TokenLayout.latent(self.config.latent_channels, h // f, w // f)
+
+    def moments_layout(self, image_size) -> TokenLayout:
+        """The layout of `encode_moments` (mean and logvar: 2C channels), what the xAR family caches."""
+        c, h, w = self.token_layout(image_size).shape
+        return TokenLayout.latent(2 * c, h, w)
 
     # ---- checks ------------------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:

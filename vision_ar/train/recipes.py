@@ -175,8 +175,9 @@ def train_generator(req: GeneratorRequest):
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
     layout = tokenizer.token_layout(_image_size(dataset))
-    cache = cache_tokenizer_outputs(tokenizer.encode, dataset, out / "tokens.safetensors", batch_size=256,
-                                    tokenizer=tokenizer, token_layout=layout, progress=True)
+    encode, cache_layout = family.tokens_to_cache(tokenizer, layout)
+    cache = cache_tokenizer_outputs(encode, dataset, out / "tokens.safetensors", batch_size=256,
+                                    tokenizer=tokenizer, token_layout=cache_layout, progress=True)
     tokens = CachedTokens(cache)
     overrides = {**family.size_generator(tokenizer, layout), **req.model_overrides}
     gen = build_model(req.model, overrides, (family.generator_presets,), role="generator")
