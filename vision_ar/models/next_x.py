@@ -257,6 +257,8 @@ class EntityAttention(nn.Module):
             k, v = self.cache.append(k, v)
             self.cache.truncate(start + keep)  # the data stays readable until the next append
         dropout_p = self.attn_drop if self.training else 0.0
+        if attn_bias is not None and attn_bias.dtype != q.dtype:  # mixed precision: SDPA wants one dtype
+            attn_bias = attn_bias.to(q.dtype)
         out = attend(q, k, v, attn_bias=attn_bias, dropout_p=dropout_p)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(R, N, D)))
 
