@@ -274,3 +274,16 @@ def test_save_load_round_trip(tmp_path):
     x, labels = torch.randn(2, 4, GRID, GRID), torch.tensor([0, 1])
     d = model.draw(2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(model(x, labels, draws=d).loss, back(x, labels, draws=d).loss)
+
+
+def test_grad_checkpointing_keeps_the_gradients():
+    model = tiny("cell").train()
+    x, labels = torch.randn(2, 4, GRID, GRID), torch.tensor([0, 1])
+    d = model.draw(2, generator=torch.Generator().manual_seed(0))
+    model(x, labels, draws=d).loss.backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x, labels, draws=d).loss.backward()
+    for w, p in zip(want, model.parameters()):
+        torch.testing.assert_close(p.grad, w, atol=1e-6, rtol=1e-5)

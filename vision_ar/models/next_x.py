@@ -35,10 +35,12 @@ Sections: config | draws | attention + block | model | presets
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -48,7 +50,8 @@ from torch import nn
 
 from ..conditioning import check_label_range
 from ..errors import CheckpointError, ConfigError, MissingFileError
-from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..io import (CONFIG_NAME, WEIGHTS_NAME, PretrainedMixin, load_checkpoint, load_state_dict_strict,
+                  unwrap_state_dict)
 from ..nn.adaln import AdaLNProjection, modulate
 from ..nn.attention import attend
 from ..nn.kv_cache import KVCache
@@ -564,7 +567,7 @@ class XAR(PretrainedMixin, nn.Module):
             p_start = lay.bounds[entity - 1][0]
             tokens = torch.cat([prev, x], dim=1)
             t_int = torch.cat([torch.zeros_like(t_int), t_int])
-            groups = torch.cat([torch.zeros(end - start - n + (start - p_start), dtype=torch.long),
+            groups = torch.cat([torch.zeros(start - p_start, dtype=torch.long),  # group 0: the context entity
                                 torch.ones(n, dtype=torch.long)]).to(x.device)
             ctx = None
             if lay.uses_scale_context:
@@ -621,11 +624,7 @@ class XAR(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, map_location: str = "cpu") -> "XAR":
-        from pathlib import Path
-
-        from ..io import CONFIG_NAME, WEIGHTS_NAME
-        import json
-
+        """A folder written by save_pretrained; the entity layout of its weights is checked against config.json."""
         folder = Path(folder)
         for p in (folder / CONFIG_NAME, folder / WEIGHTS_NAME):
             if not p.is_file():

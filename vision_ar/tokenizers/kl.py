@@ -303,6 +303,13 @@ class KLVAE(PretrainedMixin, nn.Module):
         return self.decode_unscaled(latents / self.config.latent_scale).clamp(-1, 1)
 
     # ---- training ----------------------------------------------------------------------------------
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing of the encoder/decoder blocks (the training loop's switch)."""
+        if enable:
+            self.autoencoder.enable_gradient_checkpointing()
+        else:
+            self.autoencoder.disable_gradient_checkpointing()
+
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None):
         """Training pass: (reconstruction from a posterior sample (not clamped), KL per image (B,))."""
         post = self.posterior(images)
