@@ -4,7 +4,6 @@ Config, seeds, shapes and every tensor come from the fixture folder (`xar/vae`, 
 fixture set (other seed, other small config) is checked the same way.
 """
 import json
-from pathlib import Path
 
 import pytest
 import torch

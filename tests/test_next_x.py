@@ -1,6 +1,5 @@
 """xAR beyond the official cell model: the five entity types on one mechanism, teacher forcing, the KV-cached
 inference path, and the bad inputs of issue 9 (tiny configs, CPU)."""
-import math
 
 import pytest
 import torch
