@@ -111,6 +111,7 @@ class Family:
     size_generator: Callable = None
     generator_task: Callable = None
     tokenizer_task: Callable | None = None           # None: the shared TokenizerTask(tokenizer, loss_cfg)
+    cache_encoder: Callable | None = None            # None: generator runs cache tokenizer.encode (its layout)
     sampling: SamplingConvention = SamplingConvention()
     cli_flags: tuple[Flag, ...] = ()
     official: Official | None = None
@@ -137,7 +138,7 @@ class Family:
         if not (isinstance(self.pipeline_class, type) and issubclass(self.pipeline_class, Pipeline)):
             raise ConfigError(f"{who}: pipeline_class must be a subclass of vision_ar.pipelines.base.Pipeline, got "
                               f"{self.pipeline_class!r}")
-        for k in ("size_generator", "generator_task", "tokenizer_task"):
+        for k in ("size_generator", "generator_task", "tokenizer_task", "cache_encoder"):
             if getattr(self, k) is not None and not callable(getattr(self, k)):
                 raise ConfigError(f"{who}: {k} must be callable; see {DOC}")
         if not isinstance(self.sampling, SamplingConvention) or not self.sampling.samplers:
@@ -154,6 +155,14 @@ class Family:
         from .train.tokenizer_task import TokenizerTask
 
         return TokenizerTask(tokenizer, loss_cfg)
+
+    def tokens_to_cache(self, tokenizer, layout):
+        """(encode_fn, its TokenLayout): what a generator run caches for its task. Default the tokenizer's
+        `encode` and `layout`; a family whose task needs more (xAR: the KL posterior's mean and logvar, to draw
+        a fresh sample every step) declares `cache_encoder(tokenizer, layout) -> (encode_fn, cache_layout)`."""
+        if self.cache_encoder is None:
+            return tokenizer.encode, layout
+        return self.cache_encoder(tokenizer, layout)
 
     def check_pair(self, tokenizer, generator, layout=None) -> None:
         """ConfigError unless the generator's config agrees with what `size_generator` derives from the

@@ -188,8 +188,9 @@ def train_generator(req: GeneratorRequest):
                           f"{gen.config.num_classes}; add --model-set num_classes={num_classes}")
     check_before_writing(cfg, len(dataset))
     out = Path(req.out)
-    cache = cache_tokenizer_outputs(tokenizer.encode, dataset, out / "tokens.safetensors", batch_size=256,
-                                    tokenizer=tokenizer, token_layout=layout, progress=True)
+    encode, cache_layout = family.tokens_to_cache(tokenizer, layout)
+    cache = cache_tokenizer_outputs(encode, dataset, out / "tokens.safetensors", batch_size=256,
+                                    tokenizer=tokenizer, token_layout=cache_layout, progress=True)
     tokens = CachedTokens(cache)
     task = family.generator_task(gen, tokenizer)
     result = train(task, FlatTokens(tokens), cfg)
