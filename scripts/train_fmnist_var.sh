@@ -16,5 +16,14 @@ vision-ar train generator --model var-fmnist --tokenizer runs/fm_var_vae/final -
   --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
-# 3. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
-python scripts/ship_pipeline.py runs/fm_var/pipeline vision_ar/weights/fmnist_var --set guidance_scale=${CFG:-4.0}
+# 3. decoder fine-tuning on the frozen codes (the generator stays valid): L1 + PatchGAN from step 300.
+#    Run as `--steps 2000`, stopped at step 1200 and closed with `--steps 1200 --allow-changed-settings`
+#    (which only writes final/ from the step-1200 checkpoint); exact resume makes that sequence reproducible.
+vision-ar train tokenizer --model var-vqvae-fmnist --init runs/fm_var_vae/final --decoder-only \
+  --disc-weight 0.05 --disc-start 300 --data fashion-mnist --out runs/fm_var_decft --steps ${DECFT_STEPS:-1200} \
+  --set batch_size=32 --set lr=1e-4 --set warmup_steps=100 --set ema_decay=0.999 --set ema_warmup=true \
+  --set progress=false --set log_every=25 --set ckpt_every=100 --allow-changed-settings
+
+# 4. ship it: the pipeline folder (fine-tuned tokenizer + EMA generator + sampling defaults) into the package
+python scripts/ship_pipeline.py runs/fm_var/pipeline vision_ar/weights/fmnist_var --tokenizer runs/fm_var_decft/final \
+  --set guidance_scale=${CFG:-4.0}

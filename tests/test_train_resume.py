@@ -312,12 +312,42 @@ def case_gpt_generator():
     return NextTokenTask(gpt), random_codes(16, 64, 64)
 
 
+def tiny_kl_tokenizer():
+    from vision_ar.tokenizers.kl import KLConfig, KLVAE
+
+    # f2 on 32x32 images: a 16x16x4 latent map
+    return KLVAE(KLConfig(latent_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1, encoder_attn_levels=()))
+
+
+def case_kl_tokenizer():
+    from vision_ar.train.tokenizer_task import TokenizerTask
+
+    return TokenizerTask(tiny_kl_tokenizer().train().requires_grad_(True)), fmnist_images()
+
+
+def case_xar_generator():
+    from vision_ar.models.next_x import XAR, XARConfig
+    from vision_ar.train.flow_task import NextXTask
+
+    # cached posterior moments [mean | logvar] (B, 2*4*4*4): every step draws a fresh latent sample, so the
+    # global RNG at the cut matters, as do the per-entity times and noise drawn inside the forward
+    xar = XAR(XARConfig(latent_channels=4, grid_size=4, num_classes=10, encoder_embed_dim=32, encoder_depth=1,
+                        encoder_num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2,
+                        entity="cell", entity_size=2))
+    vae = tiny_kl_tokenizer()
+    g = torch.Generator().manual_seed(0)
+    moments = torch.cat([torch.randn(16, 64, generator=g), torch.full((16, 64), -2.0)], dim=1)
+    return NextXTask(xar, vae), torch.utils.data.TensorDataset(moments, torch.randint(10, (16,), generator=g))
+
+
 FAMILY_CASES = [
     ResumeCase("multiscale-tokenizer-dead-code-restart", case_multiscale_tokenizer, needs_fmnist=True),
     ResumeCase("vq-tokenizer", case_vq_tokenizer, needs_fmnist=True),
     ResumeCase("gan-tokenizer", case_gan_tokenizer, needs_fmnist=True),
     ResumeCase("var-generator", case_var_generator),
     ResumeCase("gpt-generator", case_gpt_generator),
+    ResumeCase("kl-tokenizer", case_kl_tokenizer, needs_fmnist=True),
+    ResumeCase("xar-generator", case_xar_generator),
 ]
 
 # 16 samples / batch 4 = 4 steps per epoch; checkpoints at 3 and 6; the first run dies in step 5 (after the
