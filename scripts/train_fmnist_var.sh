@@ -26,4 +26,4 @@ vision-ar train tokenizer --model var-vqvae-fmnist --init runs/fm_var_vae/final 
 
 # 4. ship it: the pipeline folder (fine-tuned tokenizer + EMA generator + sampling defaults) into the package
 python scripts/ship_pipeline.py runs/fm_var/pipeline vision_ar/weights/fmnist_var --tokenizer runs/fm_var_decft/final \
-  --set guidance_scale=${CFG:-4.0}
+  --set guidance_scale=${CFG:-3.0}
