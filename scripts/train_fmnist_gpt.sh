@@ -16,5 +16,14 @@ vision-ar train generator --model gpt-fmnist --tokenizer runs/fm_vq/final --data
   --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
-# 3. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
-python scripts/ship_pipeline.py runs/fm_gpt/pipeline vision_ar/weights/fmnist_gpt --set guidance_scale=${CFG:-3.0}
+# 3. decoder fine-tuning on the frozen codes (the GPT stays valid): L1 + PatchGAN from step 300.
+#    Run as `--steps 2000`, stopped at step 1100 and closed with `--steps 1100 --allow-changed-settings`
+#    (which only writes final/ from the step-1100 checkpoint); exact resume makes that sequence reproducible.
+vision-ar train tokenizer --model vq-fmnist --init runs/fm_vq/final --decoder-only \
+  --disc-weight 0.05 --disc-start 300 --data fashion-mnist --out runs/fm_vq_decft --steps ${DECFT_STEPS:-1100} \
+  --set batch_size=32 --set lr=1e-4 --set warmup_steps=100 --set ema_decay=0.999 --set ema_warmup=true \
+  --set progress=false --set log_every=25 --set ckpt_every=100 --allow-changed-settings
+
+# 4. ship it: the pipeline folder (fine-tuned tokenizer + EMA generator + sampling defaults) into the package
+python scripts/ship_pipeline.py runs/fm_gpt/pipeline vision_ar/weights/fmnist_gpt --tokenizer runs/fm_vq_decft/final \
+  --set guidance_scale=${CFG:-2.0}
