@@ -22,6 +22,7 @@ import torch
 
 from ..errors import ConfigError, MissingFileError
 from ..io import atomic_write_text, check_writable
+from .editing import EditingMixin
 
 PIPELINE_CONFIG = "pipeline.json"
 
@@ -32,6 +33,7 @@ class PipelineOutput:
     tokens: Any = None               # what the generator drew (per-scale list, (B,N) grid...)
     labels: list[int] = field(default_factory=list)
     stats: dict = field(default_factory=dict)  # sampler statistics (forward passes, acceptance lengths, seconds)
+    known_tokens: Any = None         # editing: which tokens were kept from the input (bool, in the tokens' layout)
 
 
 def to_output_type(images01: torch.Tensor, output_type: str):
@@ -84,8 +86,9 @@ def write_pipeline_config(folder: str | os.PathLike, cfg: dict) -> None:
     atomic_write_text(json.dumps(cfg, indent=2), folder / PIPELINE_CONFIG)
 
 
-class Pipeline:
-    """Save/load shared by every pipeline: `pipeline.json` + one folder per component.
+class Pipeline(EditingMixin):
+    """Save/load shared by every pipeline: `pipeline.json` + one folder per component; inpaint / outpaint / edit
+    (`editing.py`) for the families that declare them.
 
     Subclasses set `tokenizer_class` / `generator_class` (import paths, resolved lazily) and keep their
     components in `self.tokenizer` / `self.generator`; `defaults` are sampling settings, `class_names` labels.

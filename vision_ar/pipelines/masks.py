@@ -20,10 +20,14 @@ THE RULE that maps a pixel mask onto tokens (the same for every tokenizer):
 
 Layouts. The grid comes from the tokenizer (`token_layout`), never from a square-root guess:
   * a 2-D grid (VQ tokenizers): the rule above, once;
-  * a per-scale pyramid (VAR's multi-scale tokens): the rule above gives the finest scale (P x P); each coarser
-    scale follows from the finest exactly as VAR's official zero-shot edit does it (so the official edits are
-    reproduced): the finest map resized with bilinear interpolation (align_corners=False, float32) and kept where
-    the value is > 1/2; a scale of at most 3 tokens (the 1 x 1 first scale) is always kept, whatever the mask;
+  * a per-scale pyramid (VAR's multi-scale tokens), two ways (`scale_rule`):
+      "official": the rule above gives the finest scale (P x P); each coarser scale follows from the finest
+        exactly as VAR's official zero-shot edit does it (so the official edits are reproduced): the finest map
+        resized with bilinear interpolation (align_corners=False, float32) and kept where the value is > 1/2; a
+        scale of at most 3 tokens (the 1 x 1 first scale) is always kept, whatever the mask. Coarse scales are
+        thus mostly kept: the input's global layout stays (good for restoring a region);
+      "footprint": the rule above at every scale, the first one included: a coarse token whose footprint touches
+        the generated region is generated, so the global layout can change (what a new class needs);
   * a 1-D sequence (FlexTok): tokens have no footprint, so a pixel mask cannot be mapped (error).
 """
 from __future__ import annotations
@@ -163,7 +167,7 @@ def generate_region(mask, image_size: tuple[int, int], batch_size: int = 1) -> t
         grey = np.asarray(mask.convert("L"))
         region = torch.from_numpy(grey > 127)
     elif isinstance(mask, np.ndarray):
-        region = _array_to_bool(torch.from_numpy(np.ascontiguousarray(mask)), "the mask array")
+        region = _array_to_bool(torch.from_numpy(np.array(mask, copy=True)), "the mask array")
     elif isinstance(mask, torch.Tensor):
         region = _array_to_bool(mask.detach().cpu(), "the mask tensor")
     else:
@@ -290,12 +294,20 @@ def pyramid_from_finest(finest_known: torch.Tensor, pyramid: TokenPyramid) -> li
     return maps
 
 
-def known_tokens(known: torch.Tensor, layout: Layout, any_part: bool = False):
+SCALE_RULES = ("official", "footprint")
+
+
+def known_tokens(known: torch.Tensor, layout: Layout, any_part: bool = False, scale_rule: str = "official"):
     """Known pixels (B, H, W) bool -> known tokens in `layout`: (B, rows, cols) for a grid, a list of per-scale
-    (B, rows, cols) maps for a pyramid. A 1-D sequence has no footprint: error."""
+    (B, rows, cols) maps for a pyramid (`scale_rule`: module doc). A 1-D sequence has no footprint: error."""
     if isinstance(layout, TokenGrid):
         return footprint_known(known, layout, any_part)
     if isinstance(layout, TokenPyramid):
-        return pyramid_from_finest(footprint_known(known, layout.finest, any_part), layout)
+        if scale_rule == "official":
+            return pyramid_from_finest(footprint_known(known, layout.finest, any_part), layout)
+        if scale_rule == "footprint":
+            return [footprint_known(known, g, any_part) for g in layout.scales]
+        raise ConfigError(f"scale_rule={scale_rule!r}: choose 'official' (VAR's zero-shot edit: coarse scales kept) "
+                          f"or 'footprint' (every scale by the footprint rule)")
     raise ConfigError(f"{type(layout).__name__} tokens have no spatial footprint, so a pixel mask cannot say which "
                       f"tokens are known; this tokenizer's family must edit another way (or refuse).")

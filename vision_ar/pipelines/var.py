@@ -33,22 +33,51 @@ class VARPipeline(Pipeline):
                  top_k: int | None = None, top_p: float | None = None, more_smooth: bool | None = None,
                  temperature: float | None = None, output_type: str = "pil",
                  sampler: str = "default") -> PipelineOutput:
-        from ..sampling.next_scale import sample_next_scale
-
         if sampler not in ("next_scale", "default"):
             raise ConfigError(f"VAR draws whole scales at once; sampler {sampler!r} does not apply "
                               f"(use the default next-scale sampler)")
-        pick = self.setting
         labels = check_class_labels(class_labels, self.num_classes)
-        cfg = check_guidance(pick(guidance_scale, "guidance_scale"))
         t0 = time.perf_counter()
-        idx_list, images01 = sample_next_scale(
-            self.var, self.vae, labels, generator=generator, cfg=cfg, top_k=pick(top_k, "top_k"),
-            top_p=pick(top_p, "top_p"), more_smooth=pick(more_smooth, "more_smooth"),
-            temperature=pick(temperature, "temperature"))
+        idx_list, images01 = self.sample_with_forcing(labels, None, generator, guidance_scale=guidance_scale,
+                                                      top_k=top_k, top_p=top_p, more_smooth=more_smooth,
+                                                      temperature=temperature)
         stats = {"seconds": time.perf_counter() - t0, "forward_passes": len(idx_list)}
         return PipelineOutput(images=to_output_type(images01.float(), output_type), tokens=idx_list,
                               labels=labels, stats=stats)
+
+    # ---- editing (pipelines/editing.py): the official zero-shot edit, known tokens forced at every scale ----
+    edit_methods = ("inpaint", "outpaint", "edit")
+    edit_settings = ("scale_rule",)
+
+    def map_known(self, known, any_part, method, scale_rule: str | None = None):
+        """Per-scale known maps. scale_rule (masks.py): "official" (VAR's notebook: coarse scales kept, the input's
+        global layout stays) is the default of inpaint/outpaint; "footprint" (a coarse token touching the
+        generated region is generated) the default of edit, whose new class needs a new global layout."""
+        from .masks import known_tokens
+
+        rule = scale_rule or ("footprint" if method == "edit" else "official")
+        return known_tokens(known, self.edit_layout(), any_part=any_part, scale_rule=rule)
+
+    def edit_image_size(self) -> tuple[int, int]:
+        return (self.vae.image_size, self.vae.image_size)
+
+    def encode_for_edit(self, images: torch.Tensor) -> list[torch.Tensor]:
+        device = self.var.pos_1LC.device
+        return self.vae.img_to_idx(images.to(device))  # per scale (B, pn^2), the official img_to_idxBl
+
+    @torch.inference_mode()
+    def sample_with_forcing(self, labels, forcing, generator, guidance_scale: float | None = None,
+                            top_k: int | None = None, top_p: float | None = None, more_smooth: bool | None = None,
+                            temperature: float | None = None):
+        """Next-scale sampling with optional known tokens; a None label is the null class (unconditional)."""
+        from ..sampling.next_scale import sample_next_scale
+
+        pick = self.setting
+        cfg = check_guidance(pick(guidance_scale, "guidance_scale"))
+        return sample_next_scale(
+            self.var, self.vae, [-1 if c is None else c for c in labels], generator=generator, cfg=cfg,
+            top_k=pick(top_k, "top_k"), top_p=pick(top_p, "top_p"), more_smooth=pick(more_smooth, "more_smooth"),
+            temperature=pick(temperature, "temperature"), forcing=forcing)
 
     @classmethod
     def from_official(cls, preset: str, vae_path: str, checkpoint_path: str, device: str = "cpu"):

@@ -12,12 +12,20 @@ for every decode step i > k (token index i + 1); token 0 (prefill) is always gui
 Randomness: exactly one `torch.multinomial(probs, 1)` per image token over the conditional rows, drawn from
 `generator` (the global RNG when None). `torch.manual_seed(s)` + generator=None and
 `generator=torch.Generator().manual_seed(s)` give the same CPU tokens as the official code seeded with s.
+
+Editing (in-/out-painting): the optional `forcing=KnownTokens(known (B, N) bool, values (B, N))` keeps the input
+image's token wherever `known` is True, in raster order: the token is still drawn (same random stream), then
+replaced, and the kept token is what both CFG halves are fed next. With `return_known_logprob=True` the loop also
+returns, per row, the summed log-probability of the kept tokens under the distribution it drew from (guided,
+temperature-scaled, before top-k/top-p): how well the generated tokens agree with the known tokens that follow
+them, which `generate_infill` uses to choose between candidates.
 """
 from __future__ import annotations
 
 import torch
 
 from ..errors import ConfigError
+from .forcing import KnownTokens
 from .token_filters import check_sampling_args, sample_from_logits
 
 
@@ -31,9 +39,11 @@ def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval):
     if not isinstance(cond, torch.Tensor) or cond.ndim != 1 or cond.is_floating_point() or cond.numel() == 0:
         raise ConfigError(f"cond must be a non-empty 1-D integer tensor of class labels (B,), got "
                           f"{getattr(cond, 'shape', type(cond))}.")
-    if int(cond.min()) < 0 or int(cond.max()) >= model.num_classes:
-        raise ConfigError(f"class labels must be in [0, {model.num_classes - 1}], got min {int(cond.min())}, "
-                          f"max {int(cond.max())}.")
+    # the null class (label num_classes) is allowed where the model has one: unconditional sampling
+    top = model.num_classes + int(model.cls_embedding.has_null_class)
+    if int(cond.min()) < 0 or int(cond.max()) >= top:
+        raise ConfigError(f"class labels must be in [0, {model.num_classes - 1}] (or {model.num_classes}, the null "
+                          f"class, for unconditional rows), got min {int(cond.min())}, max {int(cond.max())}.")
     if not 1 <= max_new_tokens <= model.block_size:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, block_size={model.block_size}].")
     if cfg_scale < 0:
@@ -48,10 +58,13 @@ def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval):
 @torch.no_grad()
 def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_scale: float = 1.0,
              cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-             generator: torch.Generator | None = None, sample: bool = True, return_probs: bool = False):
+             generator: torch.Generator | None = None, sample: bool = True, return_probs: bool = False,
+             forcing: KnownTokens | None = None, return_known_logprob: bool = False):
     """Sample `max_new_tokens` (default block_size) image tokens per label -> (B, max_new_tokens) int64.
 
     With return_probs=True also returns the distributions drawn from, (B, max_new_tokens, V).
+    forcing: known tokens kept from an input image (module doc); return_known_logprob=True (with forcing) also
+    returns their summed log-probability per row (B,), after the tokens (and probs).
     The model is run in eval mode (restored afterwards); its KV cache is (re)used and left allocated.
     """
     max_new_tokens = model.block_size if max_new_tokens is None else int(max_new_tokens)
@@ -59,6 +72,20 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
     check_sampling_args(temperature, top_k, top_p)
     use_cfg = cfg_scale > 1.0
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, sample=sample)
+    if forcing is not None:
+        known, known_tok = forcing.flat((cond.shape[0], max_new_tokens))
+        known, known_tok = known.to(cond.device), known_tok.to(device=cond.device, dtype=torch.long)
+    known_logprob = torch.zeros(cond.shape[0], dtype=torch.float32, device=cond.device)
+
+    def keep_known(i: int, logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        """Token i: the input's where known (and its log-probability added to the row's score), else the draw."""
+        if forcing is None:
+            return token
+        if return_known_logprob:
+            logp = torch.log_softmax(logits.float() / max(temperature, 1e-5), dim=-1)
+            lp = logp.gather(1, known_tok[:, i: i + 1])[:, 0]
+            known_logprob.add_(torch.where(known[:, i], lp, torch.zeros_like(lp)))
+        return torch.where(known[:, i: i + 1], known_tok[:, i: i + 1], token)
 
     was_training = model.training
     model.eval()
@@ -68,7 +95,9 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
                           dtype=model.tok_embeddings.weight.dtype)
 
         logits = model.prefill(labels)
-        token, probs = sample_from_logits(guided_logits(logits, cfg_scale) if use_cfg else logits, **draw)
+        logits = guided_logits(logits, cfg_scale) if use_cfg else logits
+        token, probs = sample_from_logits(logits, **draw)
+        token = keep_known(0, logits, token)
         tokens, all_probs = [token], [probs]
         for i in range(max_new_tokens - 1):
             guide = not (cfg_interval > -1 and i > cfg_interval)
@@ -77,12 +106,60 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
             if use_cfg:
                 logits = guided_logits(logits, cfg_scale, guide)
             token, probs = sample_from_logits(logits, **draw)
+            token = keep_known(i + 1, logits, token)
             tokens.append(token)
             all_probs.append(probs)
     finally:
         model.train(was_training)
 
     tokens = torch.cat(tokens, dim=1).long()
-    if return_probs:
-        return tokens, torch.stack(all_probs, dim=1)
-    return tokens
+    out = (tokens,) + ((torch.stack(all_probs, dim=1),) if return_probs else ()) + \
+        ((known_logprob,) if return_known_logprob else ())
+    return out[0] if len(out) == 1 else out
+
+
+# ----------------------------------------------------------------------------------------------------
+# In-filling: known tokens that come AFTER unknown ones
+# ----------------------------------------------------------------------------------------------------
+def unknown_before_known(known: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool -> (B,) bool: does some unknown position precede a known one in raster order?"""
+    N = known.shape[1]
+    pos = torch.arange(N, device=known.device)
+    first_unknown = torch.where(~known, pos, N).amin(dim=1)
+    last_known = torch.where(known, pos, -1).amax(dim=1)
+    return first_unknown < last_known
+
+
+@torch.no_grad()
+def generate_infill(model, cond: torch.Tensor, forcing: KnownTokens, candidates: int = 8,
+                    generator: torch.Generator | None = None, **settings) -> torch.Tensor:
+    """Tokens (B, N) that keep `forcing`'s known tokens; the unknown ones are sampled.
+
+    A causal model draws token i from p(x_i | x_<i) and never sees the known tokens that come after it, so an
+    unknown region ABOVE (or left of) known content would be drawn blind to it. The strategy here is
+    sampling-importance-resampling over whole raster passes:
+      1. draw `candidates` forced raster passes per row (one batch of B * candidates rows);
+      2. weight each by the probability the model gives the known tokens along the way,
+         w = prod_{j known} p(x_j | x_<j)  (each pass is a proposal q = prod_{i unknown} p(x_i | x_<i) of the
+         unknown tokens, and p(all tokens) / q = w, so weighting by w targets p(unknown | known));
+      3. keep one candidate per row, drawn with probability proportional to w (one multinomial per row).
+    With more candidates the choice approaches the model's conditional p(unknown | known). Rows where no unknown
+    token precedes a known one need no choice, and when that holds for the whole batch one pass is drawn.
+    `settings` are those of `generate` (N = forcing's length).
+    """
+    if int(candidates) != candidates or candidates < 1:
+        raise ConfigError(f"candidates={candidates} must be an integer >= 1 (1 = a single forced raster pass).")
+    B = cond.shape[0]
+    if not isinstance(forcing.known, torch.Tensor):
+        raise ConfigError("the next-token loop takes one known map (B, N), not per-scale lists")
+    known, values = forcing.flat((B, forcing.known.reshape(B, -1).shape[1]))
+    N = known.shape[1]
+    K = int(candidates) if bool(unknown_before_known(known).any()) else 1
+    if K == 1:
+        return generate(model, cond, N, forcing=KnownTokens(known, values), generator=generator, **settings)
+    rep = lambda t: t.repeat_interleave(K, dim=0)  # rows b*K .. b*K+K-1 are row b's candidates
+    tokens, logw = generate(model, rep(cond), N, forcing=KnownTokens(rep(known), rep(values)),
+                            generator=generator, return_known_logprob=True, **settings)
+    weights = torch.softmax(logw.view(B, K).double(), dim=1).float()
+    pick = torch.multinomial(weights, 1, generator=generator)[:, 0]
+    return tokens.view(B, K, N)[torch.arange(B, device=tokens.device), pick]
