@@ -9,7 +9,7 @@ import sys
 from .errors import VisionARError
 
 # Order shown in --help. A module listed here but not yet written is skipped.
-COMMANDS = ("sample", "train", "eval", "fid", "convert", "bench", "edit")
+COMMANDS = ("sample", "train", "eval", "fid", "convert", "bench", "edit", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
