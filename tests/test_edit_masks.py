@@ -58,7 +58,26 @@ class _Declared(torch.nn.Module):
         return TokenGrid(image_size[0] // 8, image_size[1] // 4)
 
 
+class _ContractLayout:  # the family contract's TokenLayout: a kind and a shape
+    def __init__(self, kind, shape):
+        self.kind, self.shape = kind, shape
+
+
+class _DeclaresContractLayout(torch.nn.Module):
+    def __init__(self, layout):
+        super().__init__()
+        self.layout = layout
+
+    def token_layout(self, image_size):
+        return self.layout
+
+
 def test_layout_is_read_from_the_tokenizer():
+    for layout, want in ((_ContractLayout("grid", (4, 6)), TokenGrid(4, 6)),
+                         (_ContractLayout("pyramid", ((1, 1), (2, 3))), TokenPyramid((TokenGrid(1, 1), TokenGrid(2, 3)))),
+                         (_ContractLayout("latent", (16, 8, 8)), TokenGrid(8, 8)),
+                         (_ContractLayout("sequence", (32,)), TokenSequence(32))):
+        assert token_layout(_DeclaresContractLayout(layout), (32, 32)) == want
     assert token_layout(_Pyramidal(), (64, 64)) == TokenPyramid(tuple(TokenGrid(p, p) for p in (1, 2, 3, 4)))
     assert token_layout(_Downsampling(), (32, 48)) == TokenGrid(8, 12)  # not square
     assert token_layout(_Declared(), (32, 32)) == TokenGrid(4, 8)

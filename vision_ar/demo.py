@@ -40,7 +40,7 @@ def get_pipeline(name: str):
 def available_models() -> list[str]:
     from .pipelines import shipped_models
 
-    return [m for m in shipped_models() if get_pipeline(m).edit_methods]
+    return [m for m in shipped_models() if get_pipeline(m).supported_edit_methods()]
 
 
 def class_choices(name: str) -> list[str]:

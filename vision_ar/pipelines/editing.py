@@ -125,6 +125,11 @@ class EditingMixin:
     edit_settings: tuple[str, ...] = ()   # family settings of the mask -> token mapping (passed to map_known)
 
     # ---- family hooks ------------------------------------------------------------------------------
+    def supported_edit_methods(self) -> tuple[str, ...]:
+        """What the family declares (its record's `edit_methods` where the pipeline has one, else the class's)."""
+        declared = getattr(getattr(self, "family", None), "edit_methods", None)
+        return tuple(declared) if declared is not None else tuple(self.edit_methods)
+
     def edit_image_size(self) -> tuple[int, int]:
         """(H, W) of the images the model generates: the window size."""
         raise NotImplementedError
@@ -221,10 +226,12 @@ class EditingMixin:
 
     # ---- the common path ---------------------------------------------------------------------------
     def _check_edit_call(self, method: str, labels, batch: int, settings: dict):
-        if method not in self.edit_methods:
-            supported = ", ".join(self.edit_methods) or "none"
-            raise ConfigError(f"{type(self).__name__} ({getattr(self, 'family', '?')}) does not support {method}(): "
-                              f"{self.edit_refusal if not self.edit_methods else 'it supports ' + supported}.")
+        methods = self.supported_edit_methods()
+        if method not in methods:
+            family = getattr(self, "family", None)
+            family = getattr(family, "name", family) or "?"
+            raise ConfigError(f"{type(self).__name__} (family {family}) does not support {method}(): "
+                              f"{self.edit_refusal if not methods else 'it supports ' + ', '.join(methods)}.")
         sampling = set(inspect.signature(self.sample_with_forcing).parameters) - {"labels", "forcing", "generator"}
         unknown = sorted(set(settings) - sampling - set(self.edit_settings))
         if unknown:

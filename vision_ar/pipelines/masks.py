@@ -87,9 +87,11 @@ def token_layout(tokenizer, image_size: tuple[int, int]) -> Layout:
     """
     declared = getattr(tokenizer, "token_layout", None)
     if callable(declared):
-        declared = declared(image_size)
+        declared = declared(tuple(image_size))
     if isinstance(declared, (TokenGrid, TokenPyramid, TokenSequence)):
         return declared
+    if declared is not None and hasattr(declared, "kind"):  # the family contract's TokenLayout (vision_ar.tokens)
+        return _from_contract_layout(declared)
     H, W = image_size
     patch_nums = getattr(tokenizer, "patch_nums", None)
     if patch_nums is not None:
@@ -102,6 +104,21 @@ def token_layout(tokenizer, image_size: tuple[int, int]) -> Layout:
         return TokenGrid(H // f, W // f)
     raise ConfigError(f"{type(tokenizer).__name__} declares no spatial token layout (no token_layout, patch_nums or "
                       f"downsample), so a pixel mask cannot be mapped onto its tokens.")
+
+
+def _from_contract_layout(layout) -> Layout:
+    """A `TokenLayout` (kind grid | pyramid | sequence | latent, with its shape) -> the spatial view used here.
+    A latent map (B, C, h, w) is an h x w grid of positions."""
+    kind, shape = layout.kind, tuple(layout.shape)
+    if kind == "grid":
+        return TokenGrid(*shape)
+    if kind == "pyramid":
+        return TokenPyramid(tuple(TokenGrid(h, w) for h, w in shape))
+    if kind == "latent":
+        return TokenGrid(shape[-2], shape[-1])
+    if kind == "sequence":
+        return TokenSequence(shape[0])
+    raise ConfigError(f"unknown token layout kind {kind!r}")
 
 
 # ----------------------------------------------------------------------------------------------------
