@@ -5,7 +5,8 @@
 
 Each picture has three panels, one column per Fashion-MNIST test image (the first `--n` test images):
   inpaint   the top half is generated unconditionally (None label): the model restores what fits the bottom;
-  edit      the centre 16x16 becomes the class in the column's caption (the next class, modulo 10);
+  edit      the centre 24x24 (rows and columns 4..28) becomes the class in the column's caption (the next class,
+            modulo 10), with guidance 7 (the pipelines' sampling defaults are 4 for VAR and 3 for the GPT);
   outpaint  the image is extended by 16 pixels to the right (32x48 canvas), conditioned on its own class.
 Rows of a panel: the input, the mask (the region to generate in red), the result. Pixels are enlarged 3x.
 """
@@ -19,6 +20,7 @@ import torch
 
 SCALE = 3
 PAD = 4
+EDIT_CFG = 7.0
 
 
 def to_u8(images01: torch.Tensor) -> np.ndarray:
@@ -86,9 +88,9 @@ def demo(model: str, n: int, seed: int):
     inp = pipe.inpaint(x, top_half, None, generator=g(), output_type="pt")
 
     centre = torch.zeros(n, H, W, dtype=torch.bool)
-    centre[:, H // 4: 3 * H // 4, W // 4: 3 * W // 4] = True
+    centre[:, H // 8: 7 * H // 8, W // 8: 7 * W // 8] = True
     targets = [(c + 1) % pipe.num_classes for c in y]
-    ed = pipe.edit(x, centre, targets, generator=g(), output_type="pt")
+    ed = pipe.edit(x, centre, targets, generator=g(), output_type="pt", guidance_scale=EDIT_CFG)
 
     grow = W // 2
     outp = pipe.outpaint(x, "right", y, amount=grow, generator=g(), output_type="pt")
