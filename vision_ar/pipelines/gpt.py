@@ -94,7 +94,7 @@ class GPTPipeline(Pipeline):
         cond = torch.tensor([self.num_classes if c is None else c for c in labels], dtype=torch.long, device=device)
         settings = dict(cfg_scale=check_guidance(pick(guidance_scale, "guidance_scale")),
                         temperature=pick(temperature, "temperature"), top_k=pick(top_k, "top_k"),
-                        top_p=pick(top_p, "top_p"), generator=generator)
+                        top_p=pick(top_p, "top_p"), generator=generator, allow_null=None in labels)
         rows, cols = self._grid()
         if forcing is None:
             tokens = generate(self.gpt, cond, rows * cols, **settings)

@@ -35,15 +35,15 @@ def guided_logits(logits: torch.Tensor, cfg_scale: float, guide: bool = True) ->
     return uncond + (cond - uncond) * cfg_scale if guide else cond
 
 
-def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval):
+def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, allow_null=False):
     if not isinstance(cond, torch.Tensor) or cond.ndim != 1 or cond.is_floating_point() or cond.numel() == 0:
         raise ConfigError(f"cond must be a non-empty 1-D integer tensor of class labels (B,), got "
                           f"{getattr(cond, 'shape', type(cond))}.")
-    # the null class (label num_classes) is allowed where the model has one: unconditional sampling
-    top = model.num_classes + int(model.cls_embedding.has_null_class)
+    # allow_null: the null class (label num_classes) as a row's label, i.e. an unconditional row (editing)
+    top = model.num_classes + int(allow_null and model.cls_embedding.has_null_class)
     if int(cond.min()) < 0 or int(cond.max()) >= top:
-        raise ConfigError(f"class labels must be in [0, {model.num_classes - 1}] (or {model.num_classes}, the null "
-                          f"class, for unconditional rows), got min {int(cond.min())}, max {int(cond.max())}.")
+        raise ConfigError(f"class labels must be in [0, {top - 1}], got min {int(cond.min())}, "
+                          f"max {int(cond.max())}.")
     if not 1 <= max_new_tokens <= model.block_size:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, block_size={model.block_size}].")
     if cfg_scale < 0:
@@ -59,16 +59,17 @@ def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval):
 def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_scale: float = 1.0,
              cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None, sample: bool = True, return_probs: bool = False,
-             forcing: KnownTokens | None = None, return_known_logprob: bool = False):
+             forcing: KnownTokens | None = None, return_known_logprob: bool = False, allow_null: bool = False):
     """Sample `max_new_tokens` (default block_size) image tokens per label -> (B, max_new_tokens) int64.
 
     With return_probs=True also returns the distributions drawn from, (B, max_new_tokens, V).
     forcing: known tokens kept from an input image (module doc); return_known_logprob=True (with forcing) also
-    returns their summed log-probability per row (B,), after the tokens (and probs).
+    returns their summed log-probability per row (B,), after the tokens (and probs). allow_null: rows may carry
+    the null class `num_classes` (unconditional rows; editing without a class).
     The model is run in eval mode (restored afterwards); its KV cache is (re)used and left allocated.
     """
     max_new_tokens = model.block_size if max_new_tokens is None else int(max_new_tokens)
-    _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval)
+    _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, allow_null)
     check_sampling_args(temperature, top_k, top_p)
     use_cfg = cfg_scale > 1.0
     draw = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, sample=sample)
