@@ -154,3 +154,21 @@ def test_bad_forcing_inputs(var_pair, gpt):
     with pytest.raises(ConfigError, match="`values` has shape"):
         generate(gpt, torch.tensor([0]), N, forcing=KnownTokens(torch.ones(1, N, dtype=torch.bool),
                                                                 torch.zeros(1, N - 1, dtype=torch.long)))
+
+
+def test_next_scale_known_logprob_scores_the_known_tokens(var_pair):
+    var, vae = var_pair
+    tokens_in = vae.img_to_idx(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1)
+    known = [torch.rand(t.shape, generator=torch.Generator().manual_seed(7 + si)) > 0.4
+             for si, t in enumerate(tokens_in)]
+    trace: dict = {}
+    tokens, _, logp = sample_next_scale(var, vae, [0, 4], torch.Generator().manual_seed(3), cfg=2.0, temperature=0.7,
+                                        forcing=KnownTokens(known, tokens_in), return_known_logprob=True, trace=trace)
+    want = torch.zeros(2)
+    for si in range(3):
+        lp = torch.log_softmax(trace[f"logits_cfg.{si}"] / 0.7, -1).gather(2, tokens_in[si][..., None])[..., 0]
+        want += (lp * known[si]).sum(1)
+    assert torch.allclose(logp, want, atol=1e-5)
+    again = sample_next_scale(var, vae, [0, 4], torch.Generator().manual_seed(3), cfg=2.0, temperature=0.7,
+                              forcing=KnownTokens(known, tokens_in))[0]
+    assert all(torch.equal(a, b) for a, b in zip(tokens, again))  # scoring draws nothing

@@ -130,6 +130,10 @@ class EditingMixin:
         declared = getattr(getattr(self, "family", None), "edit_methods", None)
         return tuple(declared) if declared is not None else tuple(self.edit_methods)
 
+    def edit_defaults(self, method: str) -> dict:
+        """Per-method defaults of the family's settings (under what the caller passes)."""
+        return {}
+
     def edit_image_size(self) -> tuple[int, int]:
         """(H, W) of the images the model generates: the window size."""
         raise NotImplementedError
@@ -257,7 +261,7 @@ class EditingMixin:
         from .base import PipelineOutput, to_output_type
 
         B, _, H, W = images.shape
-        settings = dict(settings)
+        settings = {**self.edit_defaults(method), **settings}
         labels, edit_settings = self._check_edit_call(method, class_label, B, settings)
         if int(blend) != blend or blend < 0:
             raise ConfigError(f"blend={blend!r} must be an integer >= 0 (pixels of the known region to fade over)")

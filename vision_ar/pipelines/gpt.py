@@ -70,6 +70,11 @@ class GPTPipeline(Pipeline):
     # ---- editing (pipelines/editing.py): known tokens forced in raster order ------------------------------
     edit_methods = ("inpaint", "outpaint", "edit")
 
+    def edit_defaults(self, method: str) -> dict:
+        # Class edits: the kept region is evidence of the OLD class, so weighting passes by it pulls the edit back
+        # (Fashion-MNIST, 100 centre edits at CFG 7: 35% new class with one pass, 29% with 8); one pass.
+        return {"edit_candidates": 1} if method == "edit" else {}
+
     def edit_image_size(self) -> tuple[int, int]:
         rows, cols = self._grid()
         return rows * self.vq.downsample, cols * self.vq.downsample

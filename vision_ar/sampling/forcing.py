@@ -59,3 +59,30 @@ class KnownTokens:
             raise ConfigError(f"forcing of {where}: `values` has shape {tuple(values.shape)}, `known` "
                               f"{tuple(known.shape)}; give the encoded input in the same layout")
         return known.reshape(B, N), values.reshape(B, N, *channels)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Importance resampling between edits (the samplers' `candidates`)
+# ----------------------------------------------------------------------------------------------------
+def repeat_rows(x, times: int):
+    """Each row of a tensor (or of every tensor of a per-scale list) `times` times in a row (b, b, ..., b+1, ...)."""
+    if isinstance(x, (list, tuple)):
+        return [t.repeat_interleave(times, dim=0) for t in x]
+    return x.repeat_interleave(times, dim=0)
+
+
+def choose_candidates(log_weights: torch.Tensor, candidates: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Rows b*K .. b*K+K-1 are K candidate edits of row b with log-weights (B*K,) -> the chosen row of each, (B,):
+    one multinomial draw per row with probabilities proportional to exp(log-weight)."""
+    K = int(candidates)
+    B = log_weights.shape[0] // K
+    weights = torch.softmax(log_weights.view(B, K).double(), dim=1).float()
+    pick = torch.multinomial(weights, 1, generator=generator)[:, 0]
+    return torch.arange(B, device=pick.device) * K + pick
+
+
+def take_rows(x, rows: torch.Tensor):
+    """x[rows] for a tensor, or for every tensor of a per-scale list."""
+    if isinstance(x, (list, tuple)):
+        return [t[rows] for t in x]
+    return x[rows]

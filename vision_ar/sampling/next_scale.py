@@ -89,7 +89,8 @@ def _check_pair(var, vae) -> None:
 def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | None = None, *,
                       cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                       temperature: float = 1.0, batch_size: int | None = None,
-                      forcing: KnownTokens | None = None, trace: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                      forcing: KnownTokens | None = None, return_known_logprob: bool = False,
+                      trace: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample images with a VAR transformer and its multi-scale VQ-VAE.
 
     class_labels: list/1-D tensor of class ids (-1 = unconditional), one int for the whole batch, or None for
@@ -100,12 +101,15 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
     temperature: divides the guided logits before filtering (1 = official behaviour).
     forcing: known tokens (editing): per scale a (B, pn_si^2) bool map and the input image's (B, pn_si^2) tokens
         (`vision_ar.pipelines.masks` makes the maps from a pixel mask); None = plain sampling.
+    return_known_logprob: (with forcing) also return, per row, the summed log-probability of the known tokens
+        under the distribution each scale draws from (guided, temperature-scaled, before top-k/top-p): how well
+        the generated coarser scales agree with them (importance weights for choosing between edits).
     trace: if a dict is given it is filled with `label_B`, and per scale si `f_hat.{si}`, `kept_count.{si}`,
         `logits_cfg.{si}` (guided logits before temperature/filtering); with forcing also `sampled_idx_Bl.{si}`
         (the draws, before the known tokens replace them), `force_gt.{si}` (0/1 int64) and `h_BChw.{si}`.
 
     Returns (tokens: list of (B, pn_si^2) int64 per scale, the ones that entered f_hat, images (B, 3, H, W) in
-    [0, 1]).
+    [0, 1]) [, known log-probability (B,)].
     """
     if not cfg >= 0:
         raise ConfigError(f"cfg={cfg!r} must be >= 0 (0 = no guidance; VAR uses 1.5 for FID, ~4 for visuals).")
@@ -122,6 +126,7 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
         known, known_idx = forcing.per_scale([(B, pn * pn) for pn in var.patch_nums])
         known = [k.to(device) for k in known]
         known_idx = [v.to(device=device, dtype=torch.long) for v in known_idx]
+    known_logprob = torch.zeros(B, dtype=torch.float32, device=device)
     if trace is not None:
         trace["label_B"] = labels.clone()
 
@@ -134,6 +139,9 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
         for si, pn in enumerate(var.patch_nums):
             ratio = var_guidance_ratio(si, S)
             logits = var_cfg(var.forward_scale(x, cond_BD), cfg, si, S)  # (B, pn^2, V)
+            if forcing is not None and return_known_logprob:
+                logp = torch.log_softmax(logits.float() / max(temperature, 1e-5), dim=-1).gather(2, known_idx[si][..., None])
+                known_logprob += torch.where(known[si], logp[..., 0], torch.zeros_like(logp[..., 0])).sum(1)
             drawn = sample_tokens(logits, generator, top_k=top_k, top_p=top_p, temperature=temperature)
             idx_Bl = drawn.tokens
             if not more_smooth:
@@ -163,4 +171,6 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
     finally:
         var.end_inference()
     images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
+    if return_known_logprob:
+        return tokens, images, known_logprob
     return tokens, images

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ConfigError
-from .forcing import KnownTokens
+from .forcing import KnownTokens, choose_candidates, repeat_rows
 from .token_filters import check_sampling_args, sample_from_logits
 
 
@@ -158,9 +158,7 @@ def generate_infill(model, cond: torch.Tensor, forcing: KnownTokens, candidates:
     K = int(candidates) if bool(unknown_before_known(known).any()) else 1
     if K == 1:
         return generate(model, cond, N, forcing=KnownTokens(known, values), generator=generator, **settings)
-    rep = lambda t: t.repeat_interleave(K, dim=0)  # rows b*K .. b*K+K-1 are row b's candidates
-    tokens, logw = generate(model, rep(cond), N, forcing=KnownTokens(rep(known), rep(values)),
-                            generator=generator, return_known_logprob=True, **settings)
-    weights = torch.softmax(logw.view(B, K).double(), dim=1).float()
-    pick = torch.multinomial(weights, 1, generator=generator)[:, 0]
-    return tokens.view(B, K, N)[torch.arange(B, device=tokens.device), pick]
+    # rows b*K .. b*K+K-1 are row b's candidates
+    tokens, logw = generate(model, repeat_rows(cond, K), N, forcing=KnownTokens(repeat_rows(known, K),
+                            repeat_rows(values, K)), generator=generator, return_known_logprob=True, **settings)
+    return tokens[choose_candidates(logw, K, generator)]
