@@ -19,11 +19,15 @@ What happens (the same for every family):
 A mask with nothing to generate returns the input; a mask with nothing known is plain generation; both say so in
 `stats["notes"]` and with a `vision_ar.errors.EditNotice` warning.
 
-A family declares what it supports in `edit_methods` (a subset of EDIT_METHODS) and gives its part in three hooks:
-`edit_image_size()`, `sample_with_forcing(labels, forcing, generator, **settings)`, and, if its tokens are not
-the tokenizer's `encode(images)` in the layout `masks.token_layout` reads, `encode_for_edit` /
-`forcing_for_window`. A family whose tokens have no footprint (FlexTok) overrides `edit_window` (editing in its
-decoder) or declares no methods and says why in `edit_refusal`.
+A family declares what it supports in `edit_methods` (a subset of EDIT_METHODS; the family record's where the
+family contract gives one) and gives its part in hooks: `edit_image_size()`, `sample_with_forcing(labels,
+forcing, generator, **settings)` (its keyword arguments are the settings the edit methods accept), and where
+needed `encode_for_edit` / `forcing_for_window` (tokens other than `tokenizer.encode(images)` in the layout
+`masks.token_layout` reads), `map_known` (another pixel -> token rule, with `edit_settings` naming its options),
+`edit_defaults(method)` (per-method setting defaults). A family on continuous latents (xAR) forces its known
+entities the same way (`KnownTokens` with float values). A family whose tokens have no footprint (FlexTok)
+overrides `edit_window` (editing in its decoder: the known pixels held during the decode) or declares no methods
+and says why in `edit_refusal`.
 """
 from __future__ import annotations
 
