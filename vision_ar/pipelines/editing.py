@@ -283,43 +283,53 @@ class EditingMixin:
                                   stats={"notes": notes, "windows": 0, "seconds": 0.0}, known_tokens=None)
         if not bool(known.any()):
             self._notice(notes, f"{method}: nothing of the image is known; this is plain generation")
-        for b in range(B):
-            if B > 1 and bool(known[b].all()):
-                notes.append(f"image {b}: nothing to generate, kept as it is")
+        notes += [f"image {b}: nothing to generate, kept as it is" for b in range(B) if B > 1 and bool(known[b].all())]
 
-        canvas, done = images.clone(), known.clone()   # `done`: known or already generated
-        rendered = torch.zeros_like(images)             # the model's rendering of every pixel a window covered
-        covered = torch.zeros_like(known)
-        rows, cols = _window_positions(H, Hm), _window_positions(W, Wm)
-        windows, token_maps, tokens = [], None, None
+        run = self._generate_in_windows(images, known, labels, generator, any_part, method, settings, edit_settings)
+        result = self._composite(images, known, run, int(blend))
+        maps = run["token_maps"]
+        flat = maps if not isinstance(maps, list) else torch.cat([m.flatten(1) for m in maps], 1)
+        stats = {"notes": notes, "windows": len(run["windows"]), "window_positions": run["windows"], "mode": method,
+                 "seconds": time.perf_counter() - t0, "known_pixel_fraction": float(known.float().mean()),
+                 "known_token_fraction": float(flat.float().mean())}  # of the last window
+        return PipelineOutput(images=to_output_type((result + 1) / 2, output_type), tokens=run["tokens"],
+                              labels=labels, stats=stats, known_tokens=maps)
+
+    def _generate_in_windows(self, images, known, labels, generator, any_part, method, settings, edit_settings):
+        """Fill every unknown pixel, one model-sized window at a time (the one with the most context first).
+
+        Returns canvas (known + generated pixels), rendered (the model's output for every pixel a window
+        covered, first window wins), covered, the window positions, and the last window's tokens and maps."""
+        (B, _, H, W), (Hm, Wm) = images.shape, self.edit_image_size()
+        canvas, done = images.clone(), known.clone()  # `done`: known or already generated
+        rendered, covered = torch.zeros_like(images), torch.zeros_like(known)
+        positions = [(r, c) for r in _window_positions(H, Hm) for c in _window_positions(W, Wm)]
+        windows, tokens, token_maps = [], None, None
         while not bool(done.all()):
-            # the window with unknown pixels and the most context (known or generated pixels)
-            best = max(((r, c) for r in rows for c in cols if not bool(done[:, r:r + Hm, c:c + Wm].all())),
+            r, c = max((rc for rc in positions if not bool(done[:, rc[0]:rc[0] + Hm, rc[1]:rc[1] + Wm].all())),
                        key=lambda rc: int(done[:, rc[0]:rc[0] + Hm, rc[1]:rc[1] + Wm].sum()))
-            r, c = best
-            win_known = done[:, r:r + Hm, c:c + Wm]
-            out01, tokens, token_maps = self.edit_window(canvas[:, :, r:r + Hm, c:c + Wm], win_known, labels,
-                                                         generator, any_part, method, settings, edit_settings)
+            win = (slice(None), slice(None), slice(r, r + Hm), slice(c, c + Wm))
+            win_known = done[win[0], win[2], win[3]]
+            out01, tokens, token_maps = self.edit_window(canvas[win], win_known, labels, generator, any_part,
+                                                         method, settings, edit_settings)
             out = out01.float().cpu().mul(2).sub(1)
-            fresh = ~win_known
-            canvas[:, :, r:r + Hm, c:c + Wm] = torch.where(fresh[:, None], out, canvas[:, :, r:r + Hm, c:c + Wm])
-            new_cover = ~covered[:, r:r + Hm, c:c + Wm]
-            rendered[:, :, r:r + Hm, c:c + Wm] = torch.where(new_cover[:, None], out,
-                                                              rendered[:, :, r:r + Hm, c:c + Wm])
-            covered[:, r:r + Hm, c:c + Wm] = True
-            done[:, r:r + Hm, c:c + Wm] = True
+            canvas[win] = torch.where(win_known[:, None], canvas[win], out)
+            rendered[win] = torch.where(covered[win[0], win[2], win[3]][:, None], rendered[win], out)
+            covered[win[0], win[2], win[3]] = True
+            done[win[0], win[2], win[3]] = True
             windows.append((r, c))
+        return {"canvas": canvas, "rendered": rendered, "covered": covered, "windows": windows, "tokens": tokens,
+                "token_maps": token_maps}
 
-        alpha = blend_weights(known, int(blend)) if blend else known.float()
+    @staticmethod
+    def _composite(images, known, run: dict, blend: int) -> torch.Tensor:
+        """Known pixels from the input (exactly, or faded over `blend` pixels at the border), the rest generated."""
+        covered = run["covered"]
+        alpha = blend_weights(known, blend)
         alpha = torch.where(covered, alpha, torch.ones_like(alpha))  # never rendered: the input stays
-        result = alpha[:, None] * images + (1 - alpha[:, None]) * torch.where(covered[:, None], rendered, canvas)
-        result = torch.where(known[:, None] & (alpha[:, None] == 1), images, result)  # exact, not float-mixed
-        stats = {"notes": notes, "windows": len(windows), "window_positions": windows, "mode": method,
-                 "seconds": time.perf_counter() - t0, "known_pixel_fraction": float(known.float().mean())}
-        flat = token_maps if not isinstance(token_maps, list) else torch.cat([m.flatten(1) for m in token_maps], 1)
-        stats["known_token_fraction"] = float(flat.float().mean())
-        return PipelineOutput(images=to_output_type((result + 1) / 2, output_type), tokens=tokens, labels=labels,
-                              stats=stats, known_tokens=token_maps)
+        model = torch.where(covered[:, None], run["rendered"], run["canvas"])
+        result = alpha[:, None] * images + (1 - alpha[:, None]) * model
+        return torch.where(known[:, None] & (alpha[:, None] == 1), images, result)  # exact, not float-mixed
 
     @staticmethod
     def _notice(notes: list[str], message: str) -> None:
