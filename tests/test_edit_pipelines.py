@@ -177,3 +177,19 @@ def test_unsupported_family_method_pair():
         only.outpaint(make_images(), "right")
     with pytest.raises(ConfigError, match="does not support edit.*no spatial footprint"):
         none.edit(make_images(), (0, 0, 8, 8), 1)
+
+
+def test_var_scale_rule_per_method():
+    """VAR keeps its coarse scales when in-painting (the official rule) and re-draws the ones an edit touches."""
+    if "fmnist-var" not in FAMILIES:
+        pytest.skip("fmnist-var is not shipped")
+    pipe = pipe_of("fmnist-var")
+    x, box = make_images(), (8, 8, 24, 24)
+    inpainted = pipe.inpaint(x, box, None, generator=g(), output_type="pt")
+    edited = pipe.edit(x, box, 3, generator=g(), output_type="pt")
+    official = pipe.edit(x, box, 3, generator=g(), output_type="pt", scale_rule="official")
+    assert inpainted.known_tokens[0].all() and official.known_tokens[0].all()  # the 1x1 scale: the input's
+    assert not edited.known_tokens[0].any()
+    assert torch.equal(inpainted.known_tokens[-1], edited.known_tokens[-1])  # the finest scale: THE RULE in both
+    with pytest.raises(ConfigError, match="scale_rule"):
+        pipe.edit(x, box, 3, scale_rule="bilinear")
