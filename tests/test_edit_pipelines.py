@@ -1,5 +1,6 @@
 """pipe.inpaint / pipe.outpaint / pipe.edit on every shipped family: known tokens are the encoded input exactly,
 known pixels are kept, unknown regions change with the seed and known ones never do, bad input is refused."""
+import dataclasses
 import warnings
 
 import numpy as np
@@ -162,21 +163,21 @@ def test_bad_edit_inputs(name, tmp_path):
 
 
 def test_unsupported_family_method_pair():
-    base = type(pipe_of(FAMILIES[0]))
-
-    class InpaintOnly(base):
-        edit_methods = ("inpaint",)
-
-    class NoEditing(base):
-        edit_methods = ()
-        edit_refusal = "its tokens have no spatial footprint"
-
+    """The family record says which editing methods a pipeline has; any other is refused, naming the family."""
     src = pipe_of(FAMILIES[0])
-    only, none = InpaintOnly(src.tokenizer, src.generator), NoEditing(src.tokenizer, src.generator)
-    with pytest.raises(ConfigError, match=r"does not support outpaint\(\): it supports inpaint"):
+
+    def with_methods(methods):
+        pipe = type(src)(src.tokenizer, src.generator)
+        pipe.family = dataclasses.replace(src.family, edit_methods=methods)
+        return pipe
+
+    only, none = with_methods(("inpaint",)), with_methods(())
+    with pytest.raises(ConfigError, match=rf"family '{src.family.name}'.*does not support outpaint\(\): it supports "
+                                          rf"inpaint"):
         only.outpaint(make_images(), "right")
-    with pytest.raises(ConfigError, match="does not support edit.*no spatial footprint"):
+    with pytest.raises(ConfigError, match="does not support edit.*declares no editing methods"):
         none.edit(make_images(), (0, 0, 8, 8), 1)
+    assert only.inpaint(make_images(1), (0, 0, 8, 8), None, generator=g()).images
 
 
 def test_var_scale_rule_per_method():

@@ -7,7 +7,8 @@ from vision_ar.models.next_scale import VAR, VARConfig
 from vision_ar.models.next_token import GPT, GPTConfig
 from vision_ar.sampling.forcing import KnownTokens
 from vision_ar.sampling.next_scale import sample_next_scale
-from vision_ar.sampling.token_loop import generate, generate_infill, guided_logits, unknown_before_known
+from vision_ar.sampling.logits import LLAMAGEN_SAMPLING, guided_logits
+from vision_ar.sampling.token_loop import generate, generate_infill, unknown_before_known
 from vision_ar.tokenizers.multiscale import MultiScaleVQVAE, MultiScaleVQVAEConfig
 
 N = 16
@@ -62,7 +63,7 @@ def test_known_logprob_is_the_teacher_forced_score(gpt):
     with torch.no_grad():
         both = torch.cat([cond, torch.full_like(cond, gpt.num_classes)])
         logits, _ = gpt(tokens[:, :-1].repeat(2, 1), both)
-    guided = torch.stack([guided_logits(logits[:, i], 2.5) for i in range(N)], dim=1)  # (B, N, V)
+    guided = torch.stack([guided_logits(logits[:, i], 2.5, LLAMAGEN_SAMPLING) for i in range(N)], dim=1)  # (B, N, V)
     want = torch.log_softmax(guided / 0.8, dim=-1).gather(2, tokens[..., None])[..., 0]
     assert torch.allclose(logp, (want * known).sum(1), atol=1e-4)
 

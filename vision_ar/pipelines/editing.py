@@ -19,15 +19,15 @@ What happens (the same for every family):
 A mask with nothing to generate returns the input; a mask with nothing known is plain generation; both say so in
 `stats["notes"]` and with a `vision_ar.errors.EditNotice` warning.
 
-A family declares what it supports in `edit_methods` (a subset of EDIT_METHODS; the family record's where the
-family contract gives one) and gives its part in hooks: `edit_image_size()`, `sample_with_forcing(labels,
+A family declares what it supports in its record's `edit_methods` (a subset of EDIT_METHODS; `vision_ar/family.py`)
+and gives its part in pipeline hooks: `edit_image_size()`, `sample_with_forcing(labels,
 forcing, generator, **settings)` (its keyword arguments are the settings the edit methods accept), and where
 needed `encode_for_edit` / `forcing_for_window` (tokens other than `tokenizer.encode(images)` in the layout
 `masks.token_layout` reads), `map_known` (another pixel -> token rule, with `edit_settings` naming its options),
 `edit_defaults(method)` (per-method setting defaults). A family on continuous latents (xAR) forces its known
 entities the same way (`KnownTokens` with float values). A family whose tokens have no footprint (FlexTok)
 overrides `edit_window` (editing in its decoder: the known pixels held during the decode) or declares no methods
-and says why in `edit_refusal`.
+(`check_edit_method` gives the error; override it to say why).
 """
 from __future__ import annotations
 
@@ -124,15 +124,23 @@ def _window_positions(size: int, window: int) -> list[int]:
 class EditingMixin:
     """inpaint / outpaint / edit on a pipeline (module doc). Families fill in the hooks below."""
 
-    edit_methods: tuple[str, ...] = ()
-    edit_refusal: str = "this family has no editing"
     edit_settings: tuple[str, ...] = ()   # family settings of the mask -> token mapping (passed to map_known)
 
     # ---- family hooks ------------------------------------------------------------------------------
     def supported_edit_methods(self) -> tuple[str, ...]:
-        """What the family declares (its record's `edit_methods` where the pipeline has one, else the class's)."""
-        declared = getattr(getattr(self, "family", None), "edit_methods", None)
-        return tuple(declared) if declared is not None else tuple(self.edit_methods)
+        """The editing modes the pipeline's family declares (`Family.edit_methods`, vision_ar/families/)."""
+        return tuple(self.family.edit_methods)
+
+    def check_edit_method(self, method: str) -> None:
+        """ConfigError unless this pipeline can run `method`: the family record says which modes it supports
+        (a family may refuse more for some models, e.g. xAR entity types where a partly known entity is
+        ill-defined, by overriding this)."""
+        methods = self.supported_edit_methods()
+        if method not in methods:
+            why = f"it supports {', '.join(m + '()' for m in methods)}" if methods else \
+                "the family declares no editing methods"
+            raise ConfigError(f"family {self.family.name!r} ({type(self).__name__}) does not support {method}(): "
+                              f"{why} (Family.edit_methods in its family module)")
 
     def edit_defaults(self, method: str) -> dict:
         """Per-method defaults of the family's settings (under what the caller passes)."""
@@ -234,12 +242,7 @@ class EditingMixin:
 
     # ---- the common path ---------------------------------------------------------------------------
     def _check_edit_call(self, method: str, labels, batch: int, settings: dict):
-        methods = self.supported_edit_methods()
-        if method not in methods:
-            family = getattr(self, "family", None)
-            family = getattr(family, "name", family) or "?"
-            raise ConfigError(f"{type(self).__name__} (family {family}) does not support {method}(): "
-                              f"{self.edit_refusal if not methods else 'it supports ' + ', '.join(methods)}.")
+        self.check_edit_method(method)
         sampling = set(inspect.signature(self.sample_with_forcing).parameters) - {"labels", "forcing", "generator"}
         unknown = sorted(set(settings) - sampling - set(self.edit_settings))
         if unknown:

@@ -6,14 +6,10 @@ import time
 import torch
 
 from ..errors import ConfigError
-from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
+from .base import Pipeline, PipelineOutput, to_output_type
 
 
 class VARPipeline(Pipeline):
-    family = "var"
-    tokenizer_class = "vision_ar.tokenizers.multiscale.MultiScaleVQVAE"
-    generator_class = "vision_ar.models.next_scale.VAR"
-
     def default_settings(self) -> dict:
         # VAR's CFG convention: logits = (1+t) cond - t uncond with t ramped from 0 to cfg over the scales,
         # so cfg=0 means no guidance. top_k/top_p as in VAR's demo.
@@ -38,9 +34,10 @@ class VARPipeline(Pipeline):
         if sampler not in ("next_scale", "default"):
             raise ConfigError(f"VAR draws whole scales at once; sampler {sampler!r} does not apply "
                               f"(use the default next-scale sampler)")
-        labels = check_class_labels(class_labels, self.num_classes)
+        pick = self.setting
+        labels, cfg = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         t0 = time.perf_counter()
-        idx_list, images01 = self.sample_with_forcing(labels, None, generator, guidance_scale=guidance_scale,
+        idx_list, images01 = self.sample_with_forcing(labels, None, generator, guidance_scale=cfg,
                                                       top_k=top_k, top_p=top_p, more_smooth=more_smooth,
                                                       temperature=temperature)
         stats = {"seconds": time.perf_counter() - t0, "forward_passes": len(idx_list)}
@@ -48,7 +45,6 @@ class VARPipeline(Pipeline):
                               labels=labels, stats=stats)
 
     # ---- editing (pipelines/editing.py): the official zero-shot edit, known tokens forced at every scale ----
-    edit_methods = ("inpaint", "outpaint", "edit")
     edit_settings = ("scale_rule",)
 
     def edit_defaults(self, method: str) -> dict:
@@ -76,6 +72,7 @@ class VARPipeline(Pipeline):
                             top_k: int | None = None, top_p: float | None = None, more_smooth: bool | None = None,
                             temperature: float | None = None, edit_candidates: int | None = None):
         """Next-scale sampling with optional known tokens; a None label is the null class (unconditional).
+        Labels and guidance come checked (`check_request`, at the caller's boundary).
 
         With forcing and edit_candidates = K > 1, K edits are drawn per image and one is kept with probability
         proportional to the probability the model gives the known tokens (importance resampling, as the GPT's
@@ -84,9 +81,8 @@ class VARPipeline(Pipeline):
         from ..sampling.next_scale import sample_next_scale
 
         pick = self.setting
-        cfg = check_guidance(pick(guidance_scale, "guidance_scale"))
         labels = [-1 if c is None else c for c in labels]
-        settings = dict(cfg=cfg, top_k=pick(top_k, "top_k"), top_p=pick(top_p, "top_p"),
+        settings = dict(cfg=pick(guidance_scale, "guidance_scale"), top_k=pick(top_k, "top_k"), top_p=pick(top_p, "top_p"),
                         more_smooth=pick(more_smooth, "more_smooth"), temperature=pick(temperature, "temperature"))
         K = 1 if forcing is None else pick(edit_candidates, "edit_candidates")
         if int(K) != K or K < 1:
@@ -105,9 +101,9 @@ class VARPipeline(Pipeline):
     def from_official(cls, preset: str, vae_path: str, checkpoint_path: str, device: str = "cpu"):
         """An official VAR release: `vae_ch160v4096z32.pth` + `var_d{16,20,24,30,36}.pth`, loaded as they are."""
         from ..models.next_scale import VAR
-        from ..tokenizers.multiscale import from_official_checkpoint
+        from ..tokenizers.multiscale import MultiScaleVQVAE
 
-        var = VAR.from_official_checkpoint(checkpoint_path, preset=preset)
+        var = VAR.from_official(checkpoint_path, preset)
         # The 512px model (var-d36) uses the same VQ-VAE weights with its own scale schedule.
-        vae = from_official_checkpoint(vae_path, patch_nums=var.config.patch_nums)
+        vae = MultiScaleVQVAE.from_official(vae_path, patch_nums=var.config.patch_nums)
         return cls(vae, var).to(device)

@@ -7,7 +7,9 @@ Classifier-free guidance runs the conditional and unconditional rows as ONE doub
 rows [0:B] carry the labels, rows [B:2B] the null class (`num_classes`); the guided logits are
 `uncond + (cond - uncond) * cfg_scale` and the token drawn from them is fed to both halves. cfg_scale <= 1
 means no unconditional rows at all. `cfg_interval = k > -1` switches guidance off (conditional logits only)
-for every decode step i > k (token index i + 1); token 0 (prefill) is always guided.
+for every decode step i > k (token index i + 1); token 0 (prefill) is always guided. That is LlamaGen's
+`SamplingConvention`; passing another changes the CFG form, the "no guidance" value and the filters
+(sampling/logits.py).
 
 Randomness: exactly one `torch.multinomial(probs, 1)` per image token over the conditional rows, drawn from
 `generator` (the global RNG when None). `torch.manual_seed(s)` + generator=None and
@@ -24,33 +26,25 @@ from __future__ import annotations
 
 import torch
 
+from ..conditioning import check_guidance, check_label_range
 from ..errors import ConfigError
 from .forcing import KnownTokens, choose_candidates, repeat_rows
-from .token_filters import check_sampling_args, sample_from_logits
+from .logits import (LLAMAGEN_SAMPLING, SamplingConvention, apply_temperature, check_sampling_args, guided_logits,
+                     sample_tokens)
 
 
-def guided_logits(logits: torch.Tensor, cfg_scale: float, guide: bool = True) -> torch.Tensor:
-    """Doubled-batch logits [cond; uncond] (2B, V) -> (B, V). `guide=False` keeps the conditional half."""
-    cond, uncond = logits.chunk(2, dim=0)
-    return uncond + (cond - uncond) * cfg_scale if guide else cond
-
-
-def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, allow_null=False):
+def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, no_guidance, allow_null=False):
     if not isinstance(cond, torch.Tensor) or cond.ndim != 1 or cond.is_floating_point() or cond.numel() == 0:
         raise ConfigError(f"cond must be a non-empty 1-D integer tensor of class labels (B,), got "
                           f"{getattr(cond, 'shape', type(cond))}.")
     # allow_null: the null class (label num_classes) as a row's label, i.e. an unconditional row (editing)
-    top = model.num_classes + int(allow_null and model.cls_embedding.has_null_class)
-    if int(cond.min()) < 0 or int(cond.max()) >= top:
-        raise ConfigError(f"class labels must be in [0, {top - 1}], got min {int(cond.min())}, "
-                          f"max {int(cond.max())}.")
+    check_label_range(cond.tolist(), model.num_classes, allow_null=allow_null and model.cls_embedding.has_null_class)
     if not 1 <= max_new_tokens <= model.block_size:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, block_size={model.block_size}].")
-    if cfg_scale < 0:
-        raise ConfigError(f"cfg_scale={cfg_scale} must be >= 0 (<= 1 disables guidance).")
-    if cfg_scale > 1.0 and not model.cls_embedding.has_null_class:
+    check_guidance(cfg_scale, name="cfg_scale", off=f"<= {no_guidance:g} disables guidance")
+    if cfg_scale > no_guidance and not model.cls_embedding.has_null_class:
         raise ConfigError("classifier-free guidance needs the learned null class, but this model was built with "
-                          "class_dropout_prob=0 (no null row); use cfg_scale=1.0.")
+                          f"class_dropout_prob=0 (no null row); use cfg_scale={no_guidance!r}.")
     if int(cfg_interval) != cfg_interval or cfg_interval < -1:
         raise ConfigError(f"cfg_interval={cfg_interval} must be an integer >= -1 (-1 = guide every token).")
 
@@ -59,34 +53,38 @@ def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, allow_null
 def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_scale: float = 1.0,
              cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None, sample: bool = True, return_probs: bool = False,
-             forcing: KnownTokens | None = None, return_known_logprob: bool = False, allow_null: bool = False):
+             convention: SamplingConvention = LLAMAGEN_SAMPLING, forcing: KnownTokens | None = None,
+             return_known_logprob: bool = False, allow_null: bool = False):
     """Sample `max_new_tokens` (default block_size) image tokens per label -> (B, max_new_tokens) int64.
 
     With return_probs=True also returns the distributions drawn from, (B, max_new_tokens, V).
+    `convention`: how guidance and the filters are applied (LlamaGen's by default, see sampling/logits.py).
     forcing: known tokens kept from an input image (module doc); return_known_logprob=True (with forcing) also
     returns their summed log-probability per row (B,), after the tokens (and probs). allow_null: rows may carry
     the null class `num_classes` (unconditional rows; editing without a class).
     The model is run in eval mode (restored afterwards); its KV cache is (re)used and left allocated.
     """
     max_new_tokens = model.block_size if max_new_tokens is None else int(max_new_tokens)
-    _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, allow_null)
-    check_sampling_args(temperature, top_k, top_p)
-    use_cfg = cfg_scale > 1.0
-    draw = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, sample=sample)
+    _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, convention.no_guidance, allow_null)
+    check_sampling_args(convention, top_k=top_k, top_p=top_p, temperature=temperature)
+    use_cfg = cfg_scale > convention.no_guidance
     if forcing is not None:
         known, known_tok = forcing.flat((cond.shape[0], max_new_tokens))
         known, known_tok = known.to(cond.device), known_tok.to(device=cond.device, dtype=torch.long)
     known_logprob = torch.zeros(cond.shape[0], dtype=torch.float32, device=cond.device)
 
-    def keep_known(i: int, logits: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
-        """Token i: the input's where known (and its log-probability added to the row's score), else the draw."""
+    def draw(i: int, logits: torch.Tensor):
+        """Token i: drawn, then the input's where known (its log-probability added to the row's score)."""
+        drawn = sample_tokens(logits, convention, generator, top_k=top_k, top_p=top_p, temperature=temperature,
+                              greedy=not sample)
+        token = drawn.tokens[:, None]
         if forcing is None:
-            return token
+            return token, drawn.probs
         if return_known_logprob:
-            logp = torch.log_softmax(logits.float() / max(temperature, 1e-5), dim=-1)
+            logp = apply_temperature(logits.float(), temperature, convention).log_softmax(dim=-1)
             lp = logp.gather(1, known_tok[:, i: i + 1])[:, 0]
             known_logprob.add_(torch.where(known[:, i], lp, torch.zeros_like(lp)))
-        return torch.where(known[:, i: i + 1], known_tok[:, i: i + 1], token)
+        return torch.where(known[:, i: i + 1], known_tok[:, i: i + 1], token), drawn.probs
 
     was_training = model.training
     model.eval()
@@ -96,18 +94,15 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
                           dtype=model.tok_embeddings.weight.dtype)
 
         logits = model.prefill(labels)
-        logits = guided_logits(logits, cfg_scale) if use_cfg else logits
-        token, probs = sample_from_logits(logits, **draw)
-        token = keep_known(0, logits, token)
+        token, probs = draw(0, guided_logits(logits, cfg_scale, convention) if use_cfg else logits)
         tokens, all_probs = [token], [probs]
         for i in range(max_new_tokens - 1):
             guide = not (cfg_interval > -1 and i > cfg_interval)
             fed = torch.cat([token, token]) if use_cfg else token
             logits = model.decode(fed, start_pos=model.cls_token_num + i)[:, -1]
             if use_cfg:
-                logits = guided_logits(logits, cfg_scale, guide)
-            token, probs = sample_from_logits(logits, **draw)
-            token = keep_known(i + 1, logits, token)
+                logits = guided_logits(logits, cfg_scale, convention) if guide else logits.chunk(2)[0]
+            token, probs = draw(i + 1, logits)
             tokens.append(token)
             all_probs.append(probs)
     finally:
