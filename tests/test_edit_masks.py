@@ -6,8 +6,9 @@ from PIL import Image
 
 from vision_ar.errors import ConfigError, DataError
 from vision_ar.pipelines.editing import blend_weights, image_batch
-from vision_ar.pipelines.masks import (Canvas, TokenGrid, TokenPyramid, TokenSequence, footprint_known, generate_region,
-                                       known_tokens, outpaint_canvas, pyramid_from_finest, token_layout)
+from vision_ar.pipelines.masks import (Canvas, footprint_known, generate_region, known_tokens, outpaint_canvas,
+                                       pyramid_from_finest)
+from vision_ar.tokens import TokenLayout
 
 
 def brute_force_known(known: torch.Tensor, rows: int, cols: int, any_part: bool) -> torch.Tensor:
@@ -31,7 +32,7 @@ def test_footprint_rule_matches_its_definition(H, W, rows, cols, any_part):
     known = torch.rand(3, H, W, generator=g) > 0.3
     known[0] = True
     known[1, : H // 2] = False
-    got = footprint_known(known, TokenGrid(rows, cols), any_part)
+    got = footprint_known(known, (rows, cols), any_part)
     assert torch.equal(got, brute_force_known(known, rows, cols, any_part))
     assert bool(got[0].all())
 
@@ -39,61 +40,31 @@ def test_footprint_rule_matches_its_definition(H, W, rows, cols, any_part):
 def test_footprint_rule_example():
     known = torch.ones(1, 8, 8, dtype=torch.bool)
     known[0, 3, 3] = False  # one unknown pixel in token (0, 0) of a 2x2 grid over 8x8
-    assert footprint_known(known, TokenGrid(2, 2)).tolist() == [[[False, True], [True, True]]]
-    assert footprint_known(known, TokenGrid(2, 2), any_part=True).all()
-    assert not footprint_known(~known, TokenGrid(2, 2), any_part=False).any()
-    assert footprint_known(~known, TokenGrid(2, 2), any_part=True).tolist() == [[[True, False], [False, False]]]
+    assert footprint_known(known, (2, 2)).tolist() == [[[False, True], [True, True]]]
+    assert footprint_known(known, (2, 2), any_part=True).all()
+    assert not footprint_known(~known, (2, 2), any_part=False).any()
+    assert footprint_known(~known, (2, 2), any_part=True).tolist() == [[[True, False], [False, False]]]
 
 
-class _Pyramidal(torch.nn.Module):
-    patch_nums = (1, 2, 3, 4)
-
-
-class _Downsampling(torch.nn.Module):
-    downsample = 4
-
-
-class _Declared(torch.nn.Module):
-    def token_layout(self, image_size):
-        return TokenGrid(image_size[0] // 8, image_size[1] // 4)
-
-
-class _ContractLayout:  # the family contract's TokenLayout: a kind and a shape
-    def __init__(self, kind, shape):
-        self.kind, self.shape = kind, shape
-
-
-class _DeclaresContractLayout(torch.nn.Module):
-    def __init__(self, layout):
-        super().__init__()
-        self.layout = layout
-
-    def token_layout(self, image_size):
-        return self.layout
-
-
-def test_layout_is_read_from_the_tokenizer():
-    for layout, want in ((_ContractLayout("grid", (4, 6)), TokenGrid(4, 6)),
-                         (_ContractLayout("pyramid", ((1, 1), (2, 3))), TokenPyramid((TokenGrid(1, 1), TokenGrid(2, 3)))),
-                         (_ContractLayout("latent", (16, 8, 8)), TokenGrid(8, 8)),
-                         (_ContractLayout("sequence", (32,)), TokenSequence(32))):
-        assert token_layout(_DeclaresContractLayout(layout), (32, 32)) == want
-    assert token_layout(_Pyramidal(), (64, 64)) == TokenPyramid(tuple(TokenGrid(p, p) for p in (1, 2, 3, 4)))
-    assert token_layout(_Downsampling(), (32, 48)) == TokenGrid(8, 12)  # not square
-    assert token_layout(_Declared(), (32, 32)) == TokenGrid(4, 8)
-    with pytest.raises(ConfigError, match="downsamples by 4"):
-        token_layout(_Downsampling(), (30, 32))
-    with pytest.raises(ConfigError, match="no spatial token layout"):
-        token_layout(torch.nn.Linear(2, 2), (32, 32))
-
-
-def test_sequences_have_no_footprint():
+def test_every_layout_kind_maps_by_the_footprint_rule():
+    """Grids (any shape), a latent map's positions and each scale of a pyramid all follow THE RULE; a 1-D sequence
+    has no footprint."""
+    g = torch.Generator().manual_seed(5)
+    known = torch.rand(2, 32, 48, generator=g) > 0.2
+    assert torch.equal(known_tokens(known, TokenLayout.grid(8, 12)), brute_force_known(known, 8, 12, False))
+    latent = known_tokens(known, TokenLayout.latent(16, 4, 6), any_part=True)  # channels share a position's fate
+    assert torch.equal(latent, brute_force_known(known, 4, 6, True))
+    pyramid = known_tokens(known, TokenLayout.pyramid([(1, 1), (2, 3), (4, 6)]), scale_rule="footprint")
+    for m, (r, c) in zip(pyramid, [(1, 1), (2, 3), (4, 6)]):
+        assert torch.equal(m, brute_force_known(known, r, c, False))
     with pytest.raises(ConfigError, match="no spatial footprint"):
-        known_tokens(torch.ones(1, 8, 8, dtype=torch.bool), TokenSequence(16))
+        known_tokens(known, TokenLayout.sequence(16))
+    with pytest.raises(ConfigError, match="TokenLayout"):
+        known_tokens(known, (8, 12))
 
 
 def test_pyramid_rules():
-    pyramid = TokenPyramid(tuple(TokenGrid(p, p) for p in (1, 2, 4)))
+    pyramid = TokenLayout.pyramid((1, 2, 4))
     known = torch.ones(1, 16, 16, dtype=torch.bool)
     known[0, 4:12, 4:12] = False  # the centre quarter is generated
     official = known_tokens(known, pyramid, scale_rule="official")
@@ -104,7 +75,7 @@ def test_pyramid_rules():
     assert torch.equal(official[2], footprint[2])  # the finest scale is THE RULE in both
     assert official[2][0, 1:3, 1:3].logical_not().all() and official[2].sum() == 12
     # an all-known finest map keeps every scale; the map is resized in float32 as in the notebook
-    assert all(m.all() for m in pyramid_from_finest(torch.ones(2, 4, 4), pyramid))
+    assert all(m.all() for m in pyramid_from_finest(torch.ones(2, 4, 4), pyramid.shape))
     with pytest.raises(ConfigError, match="scale_rule"):
         known_tokens(known, pyramid, scale_rule="nearest")
 

@@ -151,6 +151,12 @@ def test_bad_edit_inputs(name, tmp_path):
         pipe.edit(x, box, 10)
     with pytest.raises(ConfigError, match="needs new_class_label"):
         pipe.edit(x, box, None)
+    # labels and guidance: the pipeline's one check (check_request), with the family's "no guidance" value
+    off = f"{pipe.family.sampling.no_guidance:g} means no guidance"
+    with pytest.raises(ConfigError, match=rf"guidance_scale \(CFG\) must be a finite number >= 0.*{off}"):
+        pipe.inpaint(x, box, None, guidance_scale=-1.0)
+    with pytest.raises(ConfigError, match=r"class labels \[12\] are out of range.*None for unconditional"):
+        pipe.inpaint(x, box, [None, 12])
     with pytest.raises(ConfigError, match="3 class labels for 2 images"):
         pipe.inpaint(x, box, [1, 2, 3])
     with pytest.raises(ConfigError, match="unknown setting"):

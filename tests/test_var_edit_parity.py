@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from conftest import family_fixtures, fixtures_root
 from test_var_parity import build_vae, build_var
-from vision_ar.pipelines.masks import TokenGrid, TokenPyramid, known_tokens, pyramid_from_finest, token_layout
+from vision_ar.pipelines.masks import known_tokens, pyramid_from_finest
 from vision_ar.sampling.forcing import KnownTokens
 from vision_ar.sampling.next_scale import sample_next_scale
 
@@ -87,8 +87,7 @@ def test_official_force_maps(prefix):
     patch_nums = entry["patch_nums"]
     edit_mask = tensors[f"{prefix}.edit_mask"]
     assert torch.equal(notebook_box_mask(patch_nums[-1], entry["box"]), edit_mask), f"{prefix}: box mask"
-    pyramid = TokenPyramid(tuple(TokenGrid(p, p) for p in patch_nums))
-    maps = pyramid_from_finest(edit_mask[None], pyramid)
+    maps = pyramid_from_finest(edit_mask[None], [(p, p) for p in patch_nums])
     for si, pn in enumerate(patch_nums):
         want = tensors[f"{prefix}.force_gt.{si}"]
         assert torch.equal(maps[si].reshape(1, pn * pn).long(), want), f"{prefix}: force map of scale {si} (pn={pn})"
@@ -125,7 +124,7 @@ def test_edit_case(name):
     assert torch.equal(edit_mask if case["mask"]["per_sample"] else edit_mask[0], want["edit_mask"]), \
         f"{name}: edit_mask"
     edit_mask = edit_mask.expand(B, P, P)
-    layout = token_layout(vae, tuple(images.shape[2:]))
+    layout = vae.token_layout(tuple(images.shape[2:]))
     f = images.shape[2] // P
     known_pixels = edit_mask.bool().repeat_interleave(f, 1).repeat_interleave(f, 2)
     maps = known_tokens(known_pixels, layout)

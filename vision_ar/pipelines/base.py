@@ -117,10 +117,11 @@ class Pipeline(EditingMixin):
     def default_settings(self) -> dict:
         return {}
 
-    def check_request(self, class_labels, guidance_scale) -> tuple[list[int], float]:
+    def check_request(self, class_labels, guidance_scale, *, unconditional: bool = False) -> tuple[list[int], float]:
         """The one validation of a call's class labels and guidance scale, before any work: every pipeline
-        calls it first (labels in [0, num_classes); a finite guidance >= 0, with the family's "off" value)."""
-        labels = check_class_labels(class_labels, self.num_classes)
+        calls it first (labels in [0, num_classes); a finite guidance >= 0, with the family's "off" value).
+        `unconditional=True` (editing without a class) also admits None labels, kept as None."""
+        labels = check_class_labels(class_labels, self.num_classes, allow_none=unconditional)
         off = self.family.sampling.no_guidance
         return labels, check_guidance(guidance_scale, off=f"{off:g} means no guidance for this model")
 

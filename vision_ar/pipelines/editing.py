@@ -23,7 +23,7 @@ A family declares what it supports in its record's `edit_methods` (a subset of E
 and gives its part in pipeline hooks: `edit_image_size()`, `sample_with_forcing(labels,
 forcing, generator, **settings)` (its keyword arguments are the settings the edit methods accept), and where
 needed `encode_for_edit` / `forcing_for_window` (tokens other than `tokenizer.encode(images)` in the layout
-`masks.token_layout` reads), `map_known` (another pixel -> token rule, with `edit_settings` naming its options),
+`tokenizer.token_layout` declares), `map_known` (another pixel -> token rule, with `edit_settings` naming its options),
 `edit_defaults(method)` (per-method setting defaults). A family on continuous latents (xAR) forces its known
 entities the same way (`KnownTokens` with float values). A family whose tokens have no footprint (FlexTok)
 overrides `edit_window` (editing in its decoder: the known pixels held during the decode) or declares no methods
@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, EditNotice
 from ..sampling.forcing import KnownTokens
-from .masks import generate_region, known_tokens, outpaint_canvas, read_image_file, token_layout
+from .masks import generate_region, known_tokens, outpaint_canvas, read_image_file
 
 EDIT_METHODS = ("inpaint", "outpaint", "edit")
 
@@ -151,7 +151,8 @@ class EditingMixin:
         raise NotImplementedError
 
     def edit_layout(self):
-        return token_layout(self.tokenizer, self.edit_image_size())
+        """The tokenizer's TokenLayout for one window (what `map_known` maps the pixel mask onto)."""
+        return self.tokenizer.token_layout(self.edit_image_size())
 
     def map_known(self, known: torch.Tensor, any_part: bool, method: str, **edit_settings):
         """Known pixels (B, H, W) of a window -> known tokens in the family's layout (masks.known_tokens)."""
@@ -254,12 +255,10 @@ class EditingMixin:
             labels = labels.tolist()
         if len(labels) != batch:
             raise ConfigError(f"{len(labels)} class labels for {batch} images; give one label, or one per image")
-        bad = [c for c in labels if c is not None and (not isinstance(c, numbers.Integral) or isinstance(c, bool)
-                                                      or not 0 <= c < self.num_classes)]
-        if bad:
-            raise ConfigError(f"class ids {bad} are out of range: this model knows classes 0..{self.num_classes - 1} "
-                              f"(None = unconditional)")
-        labels = [None if c is None else int(c) for c in labels]
+        # the pipeline's one check of labels and guidance (None = unconditional); guidance resolved here so
+        # the family's sampler gets a checked value
+        guidance = self.setting(settings.get("guidance_scale"), "guidance_scale")
+        labels, settings["guidance_scale"] = self.check_request(labels, guidance, unconditional=True)
         edit_settings = {k: settings.pop(k) for k in list(settings) if k in self.edit_settings}
         return labels, edit_settings
 

@@ -18,8 +18,11 @@ THE RULE that maps a pixel mask onto tokens (the same for every tokenizer):
   token is known when ANY pixel of its footprint is known (more of the input is kept; only tokens lying entirely
   in the generated region are generated).
 
-Layouts. The grid comes from the tokenizer (`token_layout`), never from a square-root guess:
+Layouts: the tokenizer's own `TokenLayout` (`tokenizer.token_layout(image_size)`, vision_ar/tokens.py), never a
+square-root guess:
   * a 2-D grid (VQ tokenizers): the rule above, once;
+  * a latent map (C, h, w) (KL tokenizers, xAR): the rule above on its h x w positions (all C channels of a
+    position are known or not together);
   * a per-scale pyramid (VAR's multi-scale tokens), two ways (`scale_rule`):
       "official": the rule above gives the finest scale (P x P); each coarser scale follows from the finest
         exactly as VAR's official zero-shot edit does it (so the official edits are reproduced): the finest map
@@ -36,89 +39,14 @@ import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
-
-
-# ----------------------------------------------------------------------------------------------------
-# Token layouts (read from the tokenizer)
-# ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TokenGrid:
-    """A rows x cols grid of tokens laid over the whole image, flattened in raster order (index i*cols + j)."""
-    rows: int
-    cols: int
-
-    @property
-    def numel(self) -> int:
-        return self.rows * self.cols
-
-
-@dataclass(frozen=True)
-class TokenPyramid:
-    """Per-scale grids, coarse to fine, each covering the whole image (VAR's multi-scale residual tokens)."""
-    scales: tuple[TokenGrid, ...]
-
-    @property
-    def finest(self) -> TokenGrid:
-        return self.scales[-1]
-
-
-@dataclass(frozen=True)
-class TokenSequence:
-    """An ordered 1-D sequence of tokens without a spatial footprint (FlexTok's register tokens)."""
-    length: int
-
-
-Layout = Union[TokenGrid, TokenPyramid, TokenSequence]
-
-
-def token_layout(tokenizer, image_size: tuple[int, int]) -> Layout:
-    """The token layout `tokenizer` gives images of `image_size` (H, W).
-
-    A tokenizer that declares `token_layout(image_size)` (or a `token_layout` attribute) is taken at its word;
-    otherwise the layout is read from what the tokenizer's own config says: per-scale sides (`patch_nums`) make a
-    pyramid, a downsampling factor (`downsample`) makes an (H / f) x (W / f) grid.
-    """
-    declared = getattr(tokenizer, "token_layout", None)
-    if callable(declared):
-        declared = declared(tuple(image_size))
-    if isinstance(declared, (TokenGrid, TokenPyramid, TokenSequence)):
-        return declared
-    if declared is not None and hasattr(declared, "kind"):  # the family contract's TokenLayout (vision_ar.tokens)
-        return _from_contract_layout(declared)
-    H, W = image_size
-    patch_nums = getattr(tokenizer, "patch_nums", None)
-    if patch_nums is not None:
-        return TokenPyramid(tuple(TokenGrid(int(p), int(p)) for p in patch_nums))
-    f = getattr(tokenizer, "downsample", None)
-    if isinstance(f, numbers.Integral) and f > 0:
-        if H % f or W % f:
-            raise ConfigError(f"the image is {H}x{W} but {type(tokenizer).__name__} downsamples by {f}; use a size "
-                              f"divisible by {f}.")
-        return TokenGrid(H // f, W // f)
-    raise ConfigError(f"{type(tokenizer).__name__} declares no spatial token layout (no token_layout, patch_nums or "
-                      f"downsample), so a pixel mask cannot be mapped onto its tokens.")
-
-
-def _from_contract_layout(layout) -> Layout:
-    """A `TokenLayout` (kind grid | pyramid | sequence | latent, with its shape) -> the spatial view used here.
-    A latent map (B, C, h, w) is an h x w grid of positions."""
-    kind, shape = layout.kind, tuple(layout.shape)
-    if kind == "grid":
-        return TokenGrid(*shape)
-    if kind == "pyramid":
-        return TokenPyramid(tuple(TokenGrid(h, w) for h, w in shape))
-    if kind == "latent":
-        return TokenGrid(shape[-2], shape[-1])
-    if kind == "sequence":
-        return TokenSequence(shape[0])
-    raise ConfigError(f"unknown token layout kind {kind!r}")
+from ..tokens import TokenLayout
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -276,37 +204,40 @@ def _footprint_edges(n_tokens: int, n_pixels: int) -> tuple[list[int], list[int]
     return starts, ends
 
 
-def footprint_known(known: torch.Tensor, grid: TokenGrid, any_part: bool = False) -> torch.Tensor:
-    """known pixels (B, H, W) bool -> known tokens (B, rows, cols) bool by THE RULE (module doc)."""
+def footprint_known(known: torch.Tensor, grid: tuple[int, int], any_part: bool = False) -> torch.Tensor:
+    """known pixels (B, H, W) bool -> known tokens (B, rows, cols) bool of a rows x cols grid by THE RULE
+    (module doc)."""
     B, H, W = known.shape
-    if grid.rows > H or grid.cols > W:
-        raise ConfigError(f"a {grid.rows}x{grid.cols} token grid is finer than the {H}x{W} mask")
+    rows, cols = grid
+    if rows > H or cols > W:
+        raise ConfigError(f"a {rows}x{cols} token grid is finer than the {H}x{W} mask")
     # integral image of known pixels: count inside any rectangle in O(1)
     ii = F.pad(known.to(torch.int64).cumsum(1).cumsum(2), (1, 0, 1, 0))
-    r0, r1 = (torch.tensor(v) for v in _footprint_edges(grid.rows, H))
-    c0, c1 = (torch.tensor(v) for v in _footprint_edges(grid.cols, W))
+    r0, r1 = (torch.tensor(v) for v in _footprint_edges(rows, H))
+    c0, c1 = (torch.tensor(v) for v in _footprint_edges(cols, W))
     R0, C0, R1, C1 = r0[:, None], c0[None, :], r1[:, None], c1[None, :]
     count = ii[:, R1, C1] - ii[:, R0, C1] - ii[:, R1, C0] + ii[:, R0, C0]  # (B, rows, cols)
     return count > 0 if any_part else count == (R1 - R0) * (C1 - C0)
 
 
-def pyramid_from_finest(finest_known: torch.Tensor, pyramid: TokenPyramid) -> list[torch.Tensor]:
-    """The finest scale's known map (B, P, Q) (bool or 0/1 float) -> one (B, rows, cols) bool map per scale.
+def pyramid_from_finest(finest_known: torch.Tensor, scales: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """The finest scale's known map (B, P, Q) (bool or 0/1 float) -> one (B, rows, cols) bool map per scale
+    (`scales`: (rows, cols) coarse to fine, a pyramid layout's shape).
 
     VAR's official rule (module doc): bilinear resize, align_corners=False, in float32, kept where strictly > 1/2;
     scales with at most 3 tokens are always kept. Exact ties (value 1/2) are decided by float32 rounding inside the
     resize, as in the official code, so the official maps are reproduced bit for bit.
     """
     fine = finest_known.to(torch.float32)
-    if tuple(fine.shape[1:]) != (pyramid.finest.rows, pyramid.finest.cols):
+    if tuple(fine.shape[1:]) != tuple(scales[-1]):
         raise ConfigError(f"the finest known map is {tuple(fine.shape[1:])} but the pyramid's finest scale is "
-                          f"{pyramid.finest.rows}x{pyramid.finest.cols}")
+                          f"{scales[-1][0]}x{scales[-1][1]}")
     maps = []
-    for g in pyramid.scales:
-        if g.numel <= 3:
-            maps.append(torch.ones(fine.shape[0], g.rows, g.cols, dtype=torch.bool, device=fine.device))
+    for rows, cols in scales:
+        if rows * cols <= 3:
+            maps.append(torch.ones(fine.shape[0], rows, cols, dtype=torch.bool, device=fine.device))
         else:
-            resized = F.interpolate(fine[:, None], size=(g.rows, g.cols), mode="bilinear", align_corners=False)
+            resized = F.interpolate(fine[:, None], size=(rows, cols), mode="bilinear", align_corners=False)
             maps.append(resized[:, 0] > 0.5)
     return maps
 
@@ -314,17 +245,23 @@ def pyramid_from_finest(finest_known: torch.Tensor, pyramid: TokenPyramid) -> li
 SCALE_RULES = ("official", "footprint")
 
 
-def known_tokens(known: torch.Tensor, layout: Layout, any_part: bool = False, scale_rule: str = "official"):
-    """Known pixels (B, H, W) bool -> known tokens in `layout`: (B, rows, cols) for a grid, a list of per-scale
-    (B, rows, cols) maps for a pyramid (`scale_rule`: module doc). A 1-D sequence has no footprint: error."""
-    if isinstance(layout, TokenGrid):
-        return footprint_known(known, layout, any_part)
-    if isinstance(layout, TokenPyramid):
+def known_tokens(known: torch.Tensor, layout: TokenLayout, any_part: bool = False, scale_rule: str = "official"):
+    """Known pixels (B, H, W) bool -> known tokens in `layout`: (B, rows, cols) for a grid or a latent map's
+    positions, a list of per-scale (B, rows, cols) maps for a pyramid (`scale_rule`: module doc). A 1-D sequence
+    has no footprint: error."""
+    if not isinstance(layout, TokenLayout):
+        raise ConfigError(f"known_tokens needs a vision_ar.tokens.TokenLayout (tokenizer.token_layout(size)), got "
+                          f"{type(layout).__name__}")
+    if layout.kind == "grid":
+        return footprint_known(known, layout.shape, any_part)
+    if layout.kind == "latent":
+        return footprint_known(known, layout.shape[1:], any_part)
+    if layout.kind == "pyramid":
         if scale_rule == "official":
-            return pyramid_from_finest(footprint_known(known, layout.finest, any_part), layout)
+            return pyramid_from_finest(footprint_known(known, layout.shape[-1], any_part), layout.shape)
         if scale_rule == "footprint":
-            return [footprint_known(known, g, any_part) for g in layout.scales]
+            return [footprint_known(known, scale, any_part) for scale in layout.shape]
         raise ConfigError(f"scale_rule={scale_rule!r}: choose 'official' (VAR's zero-shot edit: coarse scales kept) "
                           f"or 'footprint' (every scale by the footprint rule)")
-    raise ConfigError(f"{type(layout).__name__} tokens have no spatial footprint, so a pixel mask cannot say which "
-                      f"tokens are known; this tokenizer's family must edit another way (or refuse).")
+    raise ConfigError(f"the tokens are a {layout.describe()} with no spatial footprint, so a pixel mask cannot say "
+                      f"which tokens are known; this tokenizer's family must edit another way (or refuse).")
