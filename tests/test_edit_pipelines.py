@@ -184,6 +184,8 @@ def test_unsupported_family_method_pair():
     with pytest.raises(ConfigError, match="does not support edit.*declares no editing methods"):
         none.edit(make_images(), (0, 0, 8, 8), 1)
     assert only.inpaint(make_images(1), (0, 0, 8, 8), None, generator=g()).images
+    with pytest.raises(ConfigError, match=r"unknown edit_methods \['paint'\]"):
+        dataclasses.replace(src.family, edit_methods=("inpaint", "paint"))
 
 
 def test_var_scale_rule_per_method():
