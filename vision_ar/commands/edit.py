@@ -3,11 +3,14 @@
     vision-ar edit --model fmnist-var --image in.png --mask mask.png --mode inpaint --out out.png
     vision-ar edit --model fmnist-gpt --image in.png --box 8 8 24 24 --mode edit --class 7 --cfg 4 --out out.png
     vision-ar edit --model fmnist-var --image in.png --mode outpaint --direction right --amount 16 --out wide.png
+    vision-ar edit --model runs/xar/pipeline --image in.png --box 0 0 16 32 --mode inpaint --flow-steps 20 --out o.png
 
 The mask marks the region to GENERATE (white = generate, black = keep), at the image's size; --box gives it as
 top left bottom right pixels instead. Out-painting takes --direction (left, right, top, bottom, or several joined
 by '+') with --amount (pixels if an integer, else a fraction of the image side), or --canvas HEIGHT WIDTH [TOP
 LEFT]. The image and the mask are read and checked before the model is loaded; nothing is written on an error.
+The families' own flags (official checkpoint paths, --more-smooth, --flow-steps, ...) are those of `vision-ar
+sample`; a setting the model's editing does not take (--top-k for xAR, --sjd-window) is refused, naming it.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_path, check_writable
+from .family_flags import add_cli_flags, call_kwargs, load_kwargs
 
 MODES = ("inpaint", "outpaint", "edit")
 
@@ -27,9 +31,6 @@ def add_parser(sub):
     p = sub.add_parser("edit", help="in-paint, out-paint or class-edit an image", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="shipped model (fmnist-var, fmnist-gpt), pipeline folder, or preset")
-    p.add_argument("--vae", help="official VAR VQ-VAE checkpoint (with a var-d* preset)")
-    p.add_argument("--vq", help="official LlamaGen VQ checkpoint (with a gpt-* preset)")
-    p.add_argument("--checkpoint", help="official generator checkpoint (with a preset)")
     p.add_argument("--image", required=True, help="input image file (PNG, JPEG, ...)")
     p.add_argument("--mode", required=True, choices=MODES)
     p.add_argument("--mask", help="mask image of the image's size: white = generate, black = keep")
@@ -50,6 +51,7 @@ def add_parser(sub):
     p.add_argument("--any-part", action="store_true", help="keep a token when any part of its footprint is known")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="output .png")
+    add_cli_flags(p)  # every family's own flags (official checkpoint paths, --more-smooth, --flow-steps, ...)
     p.set_defaults(func=run)
 
 
@@ -98,9 +100,10 @@ def run(args) -> int:
     region = _region_args(args)
     from ..pipelines import load_pipeline
 
-    pipe = load_pipeline(args.model, device=args.device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
+    pipe = load_pipeline(args.model, device=args.device, **load_kwargs(args))
     settings = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                       temperature=args.temperature).items() if v is not None}
+    settings.update(call_kwargs(args, pipe))  # a flag of another family is refused, naming both
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     common = dict(generator=generator, any_part=args.any_part, blend=args.blend, output_type="pil", **settings)
     if args.mode == "inpaint":
