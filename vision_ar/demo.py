@@ -38,9 +38,12 @@ def get_pipeline(name: str):
 
 
 def available_models() -> list[str]:
+    """Shipped models (present in this installation) of the registered families that declare editing."""
+    from .family import list_families
     from .pipelines import shipped_models
 
-    return [m for m in shipped_models() if get_pipeline(m).supported_edit_methods()]
+    present = set(shipped_models())
+    return sorted(m for fam in list_families() if fam.edit_methods for m in fam.shipped if m in present)
 
 
 def class_choices(name: str) -> list[str]:
