@@ -14,8 +14,9 @@ import torch
 from .errors import ConfigError
 
 
-def label_list(class_labels: Sequence[int] | int | torch.Tensor) -> list[int]:
-    """An int, a sequence of ints or a 1-D integer tensor -> a list of ints (non-empty)."""
+def label_list(class_labels: Sequence[int] | int | torch.Tensor, allow_none: bool = False) -> list[int]:
+    """An int, a sequence of ints or a 1-D integer tensor -> a list of ints (non-empty). `allow_none`: a
+    sequence may hold None (an unconditional row, as editing without a class asks), kept as None."""
     if isinstance(class_labels, numbers.Integral) and not isinstance(class_labels, bool):
         class_labels = [int(class_labels)]
     if torch.is_tensor(class_labels):
@@ -24,33 +25,38 @@ def label_list(class_labels: Sequence[int] | int | torch.Tensor) -> list[int]:
                               f"{tuple(class_labels.shape)} dtype {class_labels.dtype}; pass torch.tensor([207, 360]).")
         labels = class_labels.tolist()
     elif isinstance(class_labels, Sequence) and all(
-            isinstance(c, numbers.Integral) and not isinstance(c, bool) for c in class_labels):
-        labels = [int(c) for c in class_labels]
+            (isinstance(c, numbers.Integral) and not isinstance(c, bool)) or (allow_none and c is None)
+            for c in class_labels):
+        labels = [None if c is None else int(c) for c in class_labels]
     else:
-        raise ConfigError(f"class labels must be an int, a list of ints or a 1-D integer tensor; got {class_labels!r}")
+        raise ConfigError(f"class labels must be an int, a list of ints{' (None = unconditional)' if allow_none else ''}"
+                          f" or a 1-D integer tensor; got {class_labels!r}")
     if not labels:
         raise ConfigError("class_labels is empty: give at least one class id")
     return labels
 
 
 def check_label_range(labels: list[int], num_classes: int, *, allow_null: bool = False,
-                      allow_unconditional: bool = False) -> None:
+                      allow_unconditional: bool = False, allow_none: bool = False) -> None:
     """ConfigError unless every label is a class id in [0, num_classes); `allow_null` also admits
-    `num_classes` (the learned null class of guidance, as models see it), `allow_unconditional` admits -1."""
+    `num_classes` (the learned null class of guidance, as models see it), `allow_unconditional` admits -1,
+    `allow_none` admits None (unconditional, at the pipeline boundary)."""
     def ok(c):
-        return 0 <= c < num_classes or (allow_null and c == num_classes) or (allow_unconditional and c == -1)
+        return (c is None and allow_none) or (c is not None and (
+            0 <= c < num_classes or (allow_null and c == num_classes) or (allow_unconditional and c == -1)))
 
-    bad = sorted({c for c in labels if not ok(c)})
+    bad = sorted({c for c in labels if not ok(c)}, key=lambda c: (c is None, c or 0))
     if bad:
         extra = (f", {num_classes} = the null class" if allow_null else "") + \
-                (", or -1 for unconditional" if allow_unconditional else "")
+                (", or -1 for unconditional" if allow_unconditional else "") + \
+                (", or None for unconditional" if allow_none else "")
         raise ConfigError(f"class labels {bad[:10]}{' ...' if len(bad) > 10 else ''} are out of range: this model "
                           f"knows classes 0..{num_classes - 1}{extra}; use ids of the classes it was trained on")
 
 
 def check_class_labels(class_labels, num_classes: int, **allow) -> list[int]:
-    """Validate class ids before any work -> the labels as a list of ints."""
-    labels = label_list(class_labels)
+    """Validate class ids before any work -> the labels as a list of ints (None kept where `allow_none`)."""
+    labels = label_list(class_labels, allow_none=allow.get("allow_none", False))
     check_label_range(labels, num_classes, **allow)
     return labels
 

@@ -19,3 +19,8 @@ class MissingFileError(VisionARError, FileNotFoundError):
 
 class DataError(VisionARError, ValueError):
     """A data file (image, dataset archive, token cache) that is corrupt, truncated or stale."""
+
+
+class EditNotice(UserWarning):
+    """An edit that did something other than asked, and says so: a mask with nothing to generate (the input is
+    returned) or with nothing known (plain generation)."""

@@ -147,6 +147,11 @@ class Family:
             raise ConfigError(f"{who}: cli_flags must be Flag(...) objects")
         if self.official is not None and not isinstance(self.official, Official):
             raise ConfigError(f"{who}: official must be an Official(paths, files, load)")
+        from .pipelines.editing import EDIT_METHODS
+
+        unknown = [m for m in self.edit_methods if m not in EDIT_METHODS]
+        if unknown:
+            raise ConfigError(f"{who}: unknown edit_methods {unknown}; a family may declare {', '.join(EDIT_METHODS)}")
 
     # ---- what the rest of the package asks a family ------------------------------------------------
     def make_tokenizer_task(self, tokenizer, loss_cfg):

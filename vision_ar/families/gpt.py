@@ -49,4 +49,5 @@ FAMILY = register_family(Family(
                Flag("--sjd-init", "SJD draft initialisation", to="call", sampler="sjd")),
     official=Official(paths=("vq", "checkpoint"), files="vq_ds16_c2i.pt and c2i_*.pt files", load=load_official),
     shipped={"fmnist-gpt": "fmnist_gpt"},
+    edit_methods=("inpaint", "outpaint", "edit"),  # pipelines/editing.py
 ))

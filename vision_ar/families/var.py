@@ -42,4 +42,5 @@ FAMILY = register_family(Family(
     official=Official(paths=("vae", "checkpoint"), files="vae_ch160v4096z32.pth and var_d*.pth files",
                       load=load_official),
     shipped={"fmnist-var": "fmnist_var"},
+    edit_methods=("inpaint", "outpaint", "edit"),  # pipelines/editing.py
 ))

@@ -60,4 +60,6 @@ FAMILY = register_family(Family(
                Flag("--flow-method", "xAR: euler_maruyama (official SDE) or euler (ODE)", to="call", kwarg="method")),
     official=Official(paths=("vae", "checkpoint"), files="MAR's kl16.ckpt and xAR-{B,L,H}.pth files",
                       load=load_official),
+    # known entities fixed, the rest generated (pipelines/xar.py; refused for one-entity `image` models)
+    edit_methods=("inpaint", "outpaint", "edit"),
 ))

@@ -206,6 +206,23 @@ class EntityLayout:
         """(B, L, C) -> one (B, n_k, C) tensor per entity."""
         return list(seq.split(self.entity_sizes, dim=1))
 
+    # ---- editing: which sequence positions a known part of the latent grid determines ---------------
+    def known_positions(self, known: torch.Tensor) -> torch.Tensor:
+        """Known latent cells (B, h, w) bool -> known sequence positions (B, L) bool, in entity order.
+
+        A position holding one grid cell is known when that cell is. A scale entity's token is the area mean
+        of the cells it covers (`to_sequence`), so it is known when EVERY cell it covers is (then its value,
+        the area mean of the known latents, is exact); a coarse token touching an unknown cell is generated."""
+        h, w = self.grid
+        if known.dtype != torch.bool or known.ndim != 3 or tuple(known.shape[1:]) != (h, w):
+            raise ConfigError(f"known latent cells must be a bool tensor (B, {h}, {w}), got "
+                              f"{tuple(known.shape)} {known.dtype}")
+        if self.order is not None:
+            return known.flatten(1)[:, self.order.to(known.device)]
+        unknown = (~known).float()[:, None]
+        # adaptive max pooling covers the same cells as the area downsampling of to_sequence
+        return torch.cat([F.adaptive_max_pool2d(unknown, s).flatten(1) == 0 for s in self.scales], dim=1)
+
     # ---- scale entities: the previous scale, upsampled, as context of the next ----------------------
     @property
     def uses_scale_context(self) -> bool:

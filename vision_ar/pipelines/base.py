@@ -22,6 +22,7 @@ import torch
 from ..conditioning import check_class_labels, check_guidance
 from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..io import atomic_write_text, check_writable
+from .editing import EditingMixin
 
 PIPELINE_CONFIG = "pipeline.json"
 
@@ -32,6 +33,7 @@ class PipelineOutput:
     tokens: Any = None               # what the generator drew (per-scale list, (B,N) grid...)
     labels: list[int] = field(default_factory=list)
     stats: dict = field(default_factory=dict)  # sampler statistics (forward passes, acceptance lengths, seconds)
+    known_tokens: Any = None         # editing: which tokens were kept from the input (bool, in the tokens' layout)
 
 
 def to_output_type(images01: torch.Tensor, output_type: str):
@@ -92,8 +94,9 @@ def write_pipeline_config(folder: str | os.PathLike, cfg: dict) -> None:
     atomic_write_text(json.dumps(cfg, indent=2), folder / PIPELINE_CONFIG)
 
 
-class Pipeline:
-    """Save/load shared by every pipeline: `pipeline.json` + one folder per component.
+class Pipeline(EditingMixin):
+    """Save/load shared by every pipeline: `pipeline.json` + one folder per component; inpaint / outpaint / edit
+    (`editing.py`) for the families that declare them.
 
     Subclasses keep their components in `self.tokenizer` / `self.generator`; `defaults` are sampling settings,
     `class_names` labels. The pair must be one registered family's, with matching sizes (checked here); the
@@ -114,10 +117,11 @@ class Pipeline:
     def default_settings(self) -> dict:
         return {}
 
-    def check_request(self, class_labels, guidance_scale) -> tuple[list[int], float]:
+    def check_request(self, class_labels, guidance_scale, *, unconditional: bool = False) -> tuple[list[int], float]:
         """The one validation of a call's class labels and guidance scale, before any work: every pipeline
-        calls it first (labels in [0, num_classes); a finite guidance >= 0, with the family's "off" value)."""
-        labels = check_class_labels(class_labels, self.num_classes)
+        calls it first (labels in [0, num_classes); a finite guidance >= 0, with the family's "off" value).
+        `unconditional=True` (editing without a class) also admits None labels, kept as None."""
+        labels = check_class_labels(class_labels, self.num_classes, allow_none=unconditional)
         off = self.family.sampling.no_guidance
         return labels, check_guidance(guidance_scale, off=f"{off:g} means no guidance for this model")
 

@@ -28,8 +28,9 @@ def sjd_row_width(layout, init: str) -> int:
 class GPTPipeline(Pipeline):
     def default_settings(self) -> dict:
         # LlamaGen's CFG convention: uncond + (cond - uncond) * scale, so 1.0 means no guidance.
+        # edit_candidates: raster passes per image when editing (generate_infill's importance resampling)
         return {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
-                "sampler": "loop", "sjd_window": 16, "sjd_init": "random"}
+                "sampler": "loop", "sjd_window": 16, "sjd_init": "random", "edit_candidates": 8}
 
     @property
     def vq(self):
@@ -74,6 +75,51 @@ class GPTPipeline(Pipeline):
         images01 = (images.float() + 1) / 2
         return PipelineOutput(images=to_output_type(images01.clamp(0, 1), output_type), tokens=tokens,
                               labels=labels, stats=stats)
+
+    # ---- editing (pipelines/editing.py): known tokens forced in raster order ------------------------------
+
+    def edit_defaults(self, method: str) -> dict:
+        # Class edits: the kept region is evidence of the OLD class, so weighting passes by it pulls the edit back
+        # (Fashion-MNIST, 100 centre edits at CFG 7: 35% new class with one pass, 29% with 8); one pass.
+        return {"edit_candidates": 1} if method == "edit" else {}
+
+    def edit_image_size(self) -> tuple[int, int]:
+        layout = self.gpt.token_layout
+        if layout.kind != "grid":
+            raise ConfigError(f"this GPT models a 1D token sequence ({layout.describe()}): its tokens have no "
+                              f"place in the image, so a pixel mask cannot say which are known")
+        rows, cols = layout.shape
+        return rows * self.vq.downsample, cols * self.vq.downsample
+
+    def encode_for_edit(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vq.encode(images.to(next(self.vq.parameters()).device))  # (B, rows, cols)
+
+    @torch.inference_mode()
+    def sample_with_forcing(self, labels, forcing, generator, guidance_scale: float | None = None,
+                            top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+                            edit_candidates: int | None = None):
+        """The plain loop with known tokens kept in raster order; unknown tokens that precede known ones are
+        chosen by importance resampling over `edit_candidates` passes (sampling.token_loop.generate_infill).
+        A None label is the null class (unconditional)."""
+        from ..sampling.token_loop import generate, generate_infill
+
+        pick = self.setting
+        if None in labels and not self.gpt.cls_embedding.has_null_class:
+            raise ConfigError("this GPT has no null class (trained with class_dropout_prob=0), so it cannot edit "
+                              "unconditionally; give a class label")
+        device = next(self.gpt.parameters()).device
+        cond = torch.tensor([self.num_classes if c is None else c for c in labels], dtype=torch.long, device=device)
+        settings = dict(cfg_scale=pick(guidance_scale, "guidance_scale"),
+                        temperature=pick(temperature, "temperature"), top_k=pick(top_k, "top_k"),
+                        top_p=pick(top_p, "top_p"), generator=generator, allow_null=None in labels)
+        layout = self.gpt.token_layout
+        if forcing is None:
+            tokens = generate(self.gpt, cond, layout.num_tokens, **settings)
+        else:
+            tokens = generate_infill(self.gpt, cond, forcing, candidates=pick(edit_candidates, "edit_candidates"),
+                                     **settings)
+        images = self.tokenizer.decode(layout.unflatten(tokens))
+        return tokens, ((images.float() + 1) / 2).clamp(0, 1)
 
     @classmethod
     def from_official(cls, preset: str, vq_path: str, checkpoint_path: str, device: str = "cpu"):

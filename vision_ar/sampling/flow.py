@@ -18,6 +18,16 @@ For each entity k = 0 .. K-1 (the generator's EntityLayout order):
 Guidance schedule (official sample_tokens): w_k = 1 + (cfg - 1) * k / (K - 1), i.e. no guidance on the first
 entity and the full scale on the last (a single-entity layout uses cfg itself); "constant" uses cfg for all.
 
+Editing (known entities fixed, the rest generated): the optional `forcing=KnownTokens(known (B, L) bool,
+values (B, L, C) float)`, in the layout's sequence order (`EntityLayout.known_positions` / `to_sequence` of the
+encoded image), keeps the known positions on the straight path from their own initial noise to the known latent,
+x_t = (1 - t) z + t x_init, after every flow step, and exactly z at the end, so every entity (and the context the
+later ones see) holds the input's latents there. An entity known at every position of every row is fixed: its
+velocity is never asked for (only its first-step call for k > 0 remains: it commits the entity before it). A
+partly known entity (an entity straddling the mask's border) is integrated as usual with its known positions held
+on that path (replacement), so its unknown positions see them at the noise level of the step. Every draw is made
+as in plain sampling, so forcing nothing known gives plain sampling's latents.
+
 Numerics follow the official code (network in float32, integration in float64, the network's time input in
 float64 on an entity's first step and float32 after it, which decides floor(t * 1000)), so the same generator
 seed on CPU gives the official tokens. One deliberate difference: with num_steps = 2 the official
@@ -34,6 +44,7 @@ import torch
 
 from ..conditioning import check_guidance
 from ..errors import ConfigError
+from .forcing import KnownTokens
 
 METHODS = {"euler_maruyama": "euler_maruyama", "sde": "euler_maruyama", "euler": "euler", "ode": "euler"}
 SCHEDULES = ("linear", "constant")
@@ -114,12 +125,13 @@ def _randn(shape, generator: torch.Generator | None, dtype: torch.dtype, device)
 def sample_flow(model, labels: torch.Tensor, *, num_steps: int, guidance_scale: float = 1.0,
                 method: str = "euler_maruyama", guidance_schedule: str = "linear",
                 generator: torch.Generator | None = None, noise: FlowNoise | None = None,
-                on_call: Callable[[dict], None] | None = None) -> torch.Tensor:
+                forcing: KnownTokens | None = None, on_call: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Latents (B, C, h, w) for class labels (B,) (model.num_classes = unconditional).
 
     `generator` drives every draw (initial noise of each entity, then each stochastic step's noise, in the
-    official order); `noise` injects them instead. `on_call(record)` sees every network call: entity, step,
-    x (R, n_k, C), context (the committed entity's rows or None), t (as passed), velocity."""
+    official order); `noise` injects them instead. `forcing`: known latents kept (editing, module doc).
+    `on_call(record)` sees every network call: entity, step, x (R, n_k, C), context (the committed entity's rows
+    or None), t (as passed), velocity."""
     method = check_flow_args(num_steps, method, guidance_scale, guidance_schedule)
     model.check_labels(labels)
     lay, C = model.layout, model.config.latent_channels
@@ -135,12 +147,15 @@ def sample_flow(model, labels: torch.Tensor, *, num_steps: int, guidance_scale: 
     rows_labels = torch.cat([labels, torch.full_like(labels, model.num_classes)]) if doubled else labels
     R = rows_labels.shape[0]
     t_steps = time_grid(method, num_steps)
+    known_parts, value_parts = _forced_entities(forcing, lay, B, C, device)
     generated: list[torch.Tensor] = []  # clean entities (B, n_k, C), float32
     with model.inference(R):
         for k in range(K):
             x0 = noise.initial[k] if noise is not None else _randn((B, lay.entity_sizes[k], C), generator,
                                                                     torch.float32, device)
             x = x0.to(device, torch.float64)
+            known, z = known_parts[k], value_parts[k]  # (B, n_k, 1) bool, (B, n_k, C) float64, or None
+            fixed = known is not None and bool(known.all())
             context_rows = [g.repeat(2, 1, 1) if doubled else g for g in generated]
             for i in range(num_steps):
                 t_cur, t_next = t_steps[i], t_steps[i + 1]
@@ -149,6 +164,8 @@ def sample_flow(model, labels: torch.Tensor, *, num_steps: int, guidance_scale: 
                 if stochastic:
                     eps = (noise.steps[k][i].to(device, torch.float64) if noise is not None
                            else _randn(x.shape, generator, torch.float64, device))
+                if fixed and (i > 0 or k == 0):
+                    continue  # a fixed entity needs no velocity; its first call for k > 0 commits entity k - 1
                 x_rows = torch.cat([x, x]) if doubled else x
                 t_rows = torch.full((R,), float(t_cur), dtype=torch.float64, device=device)
                 # the official network input time: float32-rounded, promoted back to float64 on the first step
@@ -168,8 +185,25 @@ def sample_flow(model, labels: torch.Tensor, *, num_steps: int, guidance_scale: 
                         x = x + dt * d
                 else:
                     x = x + dt * _guide(v, scales[k], doubled)
+                if known is not None:  # known positions stay on the path from their own noise to the input
+                    x = torch.where(known, (1 - t_next) * z + t_next * x0.to(device, torch.float64), x)
+            if known is not None:
+                x = torch.where(known, z, x)  # exactly the input's latents
             generated.append(x.float())
     return lay.from_sequence(torch.cat(generated, dim=1))
+
+
+def _forced_entities(forcing: KnownTokens | None, lay, B: int, C: int, device):
+    """forcing -> per entity (known (B, n_k, 1) bool, values (B, n_k, C) float64), or Nones without forcing."""
+    if forcing is None:
+        return [None] * lay.num_entities, [None] * lay.num_entities
+    known, values = forcing.flat((B, lay.seq_len))
+    if not values.is_floating_point() or tuple(values.shape) != (B, lay.seq_len, C):
+        raise ConfigError(f"xAR forcing needs float latents (B, {lay.seq_len}, {C}) in entity order "
+                          f"(EntityLayout.to_sequence of the encoded image), got {tuple(values.shape)} {values.dtype}")
+    known = known.to(device)[..., None].split(lay.entity_sizes, dim=1)
+    values = values.to(device, torch.float64).split(lay.entity_sizes, dim=1)
+    return list(known), list(values)
 
 
 def network_calls(model, num_steps: int) -> int:

@@ -9,6 +9,11 @@ For each scale si = 0 .. S-1, coarse to fine:
     4. the VQ-VAE adds the scale's codes to f_hat and gives the next scale's input (area-downsampled f_hat).
 Finally the VQ-VAE decodes f_hat. Same generator, same draws, same order as the official code, so a CPU
 generator with the same seed gives the official tokens.
+
+Zero-shot editing (in-/out-painting, class-conditional editing; the official `demo_zero_shot_edit.ipynb`) is the
+optional `forcing` input: after step 3 of every scale, the positions it marks as known take the input image's
+token (and its code vector, in place of the sampled or smoothed one) before step 4, so the transformer sees them
+through f_hat and its KV cache. Every position is still drawn (the random stream is that of plain sampling).
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ import torch
 
 from ..conditioning import check_guidance, check_label_range
 from ..errors import ConfigError
-from .logits import VAR_SAMPLING, check_sampling_args, gumbel_softmax, sample_tokens, var_cfg, var_guidance_ratio
+from .forcing import KnownTokens
+from .logits import (VAR_SAMPLING, apply_temperature, check_sampling_args, gumbel_softmax, sample_tokens, var_cfg,
+                     var_guidance_ratio)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -81,6 +88,7 @@ def _check_pair(var, vae) -> None:
 def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | None = None, *,
                       cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                       temperature: float = 1.0, batch_size: int | None = None,
+                      forcing: KnownTokens | None = None, return_known_logprob: bool = False,
                       trace: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample images with a VAR transformer and its multi-scale VQ-VAE.
 
@@ -90,10 +98,17 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
     cfg: guidance scale (>= 0), ramped over scales; top_k (0 = off), top_p (0 = off): VAR's filters;
     more_smooth: Gumbel-softmax codebook mixture (visualisation only, not for FID);
     temperature: divides the guided logits before filtering (1 = official behaviour).
+    forcing: known tokens (editing): per scale a (B, pn_si^2) bool map and the input image's (B, pn_si^2) tokens
+        (`vision_ar.pipelines.masks` makes the maps from a pixel mask); None = plain sampling.
+    return_known_logprob: (with forcing) also return, per row, the summed log-probability of the known tokens
+        under the distribution each scale draws from (guided, temperature-scaled, before top-k/top-p): how well
+        the generated coarser scales agree with them (importance weights for choosing between edits).
     trace: if a dict is given it is filled with `label_B`, and per scale si `f_hat.{si}`, `kept_count.{si}`,
-        `logits_cfg.{si}` (guided logits before temperature/filtering).
+        `logits_cfg.{si}` (guided logits before temperature/filtering); with forcing also `sampled_idx_Bl.{si}`
+        (the draws, before the known tokens replace them), `force_gt.{si}` (0/1 int64) and `h_BChw.{si}`.
 
-    Returns (tokens: list of (B, pn_si^2) int64 per scale, images (B, 3, H, W) in [0, 1]).
+    Returns (tokens: list of (B, pn_si^2) int64 per scale, the ones that entered f_hat, images (B, 3, H, W) in
+    [0, 1]) [, known log-probability (B,)].
     """
     cfg = check_guidance(cfg, name="cfg", off="0 = no guidance; VAR uses 1.5 for FID, ~4 for visuals")
     check_sampling_args(VAR_SAMPLING, top_k=top_k, top_p=top_p, temperature=temperature)
@@ -105,6 +120,11 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
     labels = resolve_class_labels(class_labels, batch_size, var.num_classes, device, generator)
     B, S, last = labels.shape[0], len(var.patch_nums), var.patch_nums[-1]
     codebook = vae.quantize.embedding
+    if forcing is not None:
+        known, known_idx = forcing.per_scale([(B, pn * pn) for pn in var.patch_nums])
+        known = [k.to(device) for k in known]
+        known_idx = [v.to(device=device, dtype=torch.long) for v in known_idx]
+    known_logprob = torch.zeros(B, dtype=torch.float32, device=device)
     if trace is not None:
         trace["label_B"] = labels.clone()
 
@@ -117,6 +137,10 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
         for si, pn in enumerate(var.patch_nums):
             ratio = var_guidance_ratio(si, S)
             logits = var_cfg(var.forward_scale(x, cond_BD), cfg, si, S)  # (B, pn^2, V)
+            if forcing is not None and return_known_logprob:
+                logp = apply_temperature(logits.float(), temperature, VAR_SAMPLING).log_softmax(dim=-1)
+                logp = logp.gather(2, known_idx[si][..., None])[..., 0]
+                known_logprob += torch.where(known[si], logp, torch.zeros_like(logp)).sum(1)
             drawn = sample_tokens(logits, VAR_SAMPLING, generator, top_k=top_k, top_p=top_p,
                                   temperature=temperature)
             idx_Bl = drawn.tokens
@@ -126,7 +150,15 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
                 tau = max(0.27 * (1 - ratio * 0.95), 0.005)
                 weights = gumbel_softmax(drawn.filtered_logits.mul(1 + ratio), tau=tau, hard=False, generator=generator)
                 h_BlC = weights @ codebook.weight.unsqueeze(0)
+            if forcing is not None:  # known positions: the input's token and its exact code vector
+                if trace is not None:
+                    trace[f"sampled_idx_Bl.{si}"] = idx_Bl
+                    trace[f"force_gt.{si}"] = known[si].long()
+                h_BlC = torch.where(known[si][..., None], codebook(known_idx[si]), h_BlC)
+                idx_Bl = torch.where(known[si], known_idx[si], idx_Bl)
             h_BChw = h_BlC.transpose(1, 2).reshape(B, var.Cvae, pn, pn)
+            if trace is not None and forcing is not None:
+                trace[f"h_BChw.{si}"] = h_BChw.clone()
             f_hat, next_map = vae.quantize.next_ar_input(si, f_hat, h_BChw)
             tokens.append(idx_Bl)
             if trace is not None:
@@ -139,4 +171,6 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
     finally:
         var.end_inference()
     images = vae.fhat_to_img(f_hat).add_(1).mul_(0.5)
+    if return_known_logprob:
+        return tokens, images, known_logprob
     return tokens, images

@@ -14,6 +14,13 @@ for every decode step i > k (token index i + 1); token 0 (prefill) is always gui
 Randomness: exactly one `torch.multinomial(probs, 1)` per image token over the conditional rows, drawn from
 `generator` (the global RNG when None). `torch.manual_seed(s)` + generator=None and
 `generator=torch.Generator().manual_seed(s)` give the same CPU tokens as the official code seeded with s.
+
+Editing (in-/out-painting): the optional `forcing=KnownTokens(known (B, N) bool, values (B, N))` keeps the input
+image's token wherever `known` is True, in raster order: the token is still drawn (same random stream), then
+replaced, and the kept token is what both CFG halves are fed next. With `return_known_logprob=True` the loop also
+returns, per row, the summed log-probability of the kept tokens under the distribution it drew from (guided,
+temperature-scaled, before top-k/top-p): how well the generated tokens agree with the known tokens that follow
+them, which `generate_infill` uses to choose between candidates.
 """
 from __future__ import annotations
 
@@ -21,14 +28,17 @@ import torch
 
 from ..conditioning import check_guidance, check_label_range
 from ..errors import ConfigError
-from .logits import LLAMAGEN_SAMPLING, SamplingConvention, check_sampling_args, guided_logits, sample_tokens
+from .forcing import KnownTokens, choose_candidates, repeat_rows
+from .logits import (LLAMAGEN_SAMPLING, SamplingConvention, apply_temperature, check_sampling_args, guided_logits,
+                     sample_tokens)
 
 
-def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, no_guidance):
+def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, no_guidance, allow_null=False):
     if not isinstance(cond, torch.Tensor) or cond.ndim != 1 or cond.is_floating_point() or cond.numel() == 0:
         raise ConfigError(f"cond must be a non-empty 1-D integer tensor of class labels (B,), got "
                           f"{getattr(cond, 'shape', type(cond))}.")
-    check_label_range(cond.tolist(), model.num_classes)
+    # allow_null: the null class (label num_classes) as a row's label, i.e. an unconditional row (editing)
+    check_label_range(cond.tolist(), model.num_classes, allow_null=allow_null and model.cls_embedding.has_null_class)
     if not 1 <= max_new_tokens <= model.block_size:
         raise ConfigError(f"max_new_tokens={max_new_tokens} must be in [1, block_size={model.block_size}].")
     check_guidance(cfg_scale, name="cfg_scale", off=f"<= {no_guidance:g} disables guidance")
@@ -43,22 +53,38 @@ def _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, no_guidanc
 def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_scale: float = 1.0,
              cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None, sample: bool = True, return_probs: bool = False,
-             convention: SamplingConvention = LLAMAGEN_SAMPLING):
+             convention: SamplingConvention = LLAMAGEN_SAMPLING, forcing: KnownTokens | None = None,
+             return_known_logprob: bool = False, allow_null: bool = False):
     """Sample `max_new_tokens` (default block_size) image tokens per label -> (B, max_new_tokens) int64.
 
     With return_probs=True also returns the distributions drawn from, (B, max_new_tokens, V).
     `convention`: how guidance and the filters are applied (LlamaGen's by default, see sampling/logits.py).
+    forcing: known tokens kept from an input image (module doc); return_known_logprob=True (with forcing) also
+    returns their summed log-probability per row (B,), after the tokens (and probs). allow_null: rows may carry
+    the null class `num_classes` (unconditional rows; editing without a class).
     The model is run in eval mode (restored afterwards); its KV cache is (re)used and left allocated.
     """
     max_new_tokens = model.block_size if max_new_tokens is None else int(max_new_tokens)
-    _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, convention.no_guidance)
+    _check_args(model, cond, max_new_tokens, cfg_scale, cfg_interval, convention.no_guidance, allow_null)
     check_sampling_args(convention, top_k=top_k, top_p=top_p, temperature=temperature)
     use_cfg = cfg_scale > convention.no_guidance
+    if forcing is not None:
+        known, known_tok = forcing.flat((cond.shape[0], max_new_tokens))
+        known, known_tok = known.to(cond.device), known_tok.to(device=cond.device, dtype=torch.long)
+    known_logprob = torch.zeros(cond.shape[0], dtype=torch.float32, device=cond.device)
 
-    def draw(logits: torch.Tensor):
+    def draw(i: int, logits: torch.Tensor):
+        """Token i: drawn, then the input's where known (its log-probability added to the row's score)."""
         drawn = sample_tokens(logits, convention, generator, top_k=top_k, top_p=top_p, temperature=temperature,
                               greedy=not sample)
-        return drawn.tokens[:, None], drawn.probs
+        token = drawn.tokens[:, None]
+        if forcing is None:
+            return token, drawn.probs
+        if return_known_logprob:
+            logp = apply_temperature(logits.float(), temperature, convention).log_softmax(dim=-1)
+            lp = logp.gather(1, known_tok[:, i: i + 1])[:, 0]
+            known_logprob.add_(torch.where(known[:, i], lp, torch.zeros_like(lp)))
+        return torch.where(known[:, i: i + 1], known_tok[:, i: i + 1], token), drawn.probs
 
     was_training = model.training
     model.eval()
@@ -68,7 +94,7 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
                           dtype=model.tok_embeddings.weight.dtype)
 
         logits = model.prefill(labels)
-        token, probs = draw(guided_logits(logits, cfg_scale, convention) if use_cfg else logits)
+        token, probs = draw(0, guided_logits(logits, cfg_scale, convention) if use_cfg else logits)
         tokens, all_probs = [token], [probs]
         for i in range(max_new_tokens - 1):
             guide = not (cfg_interval > -1 and i > cfg_interval)
@@ -76,13 +102,58 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
             logits = model.decode(fed, start_pos=model.cls_token_num + i)[:, -1]
             if use_cfg:
                 logits = guided_logits(logits, cfg_scale, convention) if guide else logits.chunk(2)[0]
-            token, probs = draw(logits)
+            token, probs = draw(i + 1, logits)
             tokens.append(token)
             all_probs.append(probs)
     finally:
         model.train(was_training)
 
     tokens = torch.cat(tokens, dim=1).long()
-    if return_probs:
-        return tokens, torch.stack(all_probs, dim=1)
-    return tokens
+    out = (tokens,) + ((torch.stack(all_probs, dim=1),) if return_probs else ()) + \
+        ((known_logprob,) if return_known_logprob else ())
+    return out[0] if len(out) == 1 else out
+
+
+# ----------------------------------------------------------------------------------------------------
+# In-filling: known tokens that come AFTER unknown ones
+# ----------------------------------------------------------------------------------------------------
+def unknown_before_known(known: torch.Tensor) -> torch.Tensor:
+    """(B, N) bool -> (B,) bool: does some unknown position precede a known one in raster order?"""
+    N = known.shape[1]
+    pos = torch.arange(N, device=known.device)
+    first_unknown = torch.where(~known, pos, N).amin(dim=1)
+    last_known = torch.where(known, pos, -1).amax(dim=1)
+    return first_unknown < last_known
+
+
+@torch.no_grad()
+def generate_infill(model, cond: torch.Tensor, forcing: KnownTokens, candidates: int = 8,
+                    generator: torch.Generator | None = None, **settings) -> torch.Tensor:
+    """Tokens (B, N) that keep `forcing`'s known tokens; the unknown ones are sampled.
+
+    A causal model draws token i from p(x_i | x_<i) and never sees the known tokens that come after it, so an
+    unknown region ABOVE (or left of) known content would be drawn blind to it. The strategy here is
+    sampling-importance-resampling over whole raster passes:
+      1. draw `candidates` forced raster passes per row (one batch of B * candidates rows);
+      2. weight each by the probability the model gives the known tokens along the way,
+         w = prod_{j known} p(x_j | x_<j)  (each pass is a proposal q = prod_{i unknown} p(x_i | x_<i) of the
+         unknown tokens, and p(all tokens) / q = w, so weighting by w targets p(unknown | known));
+      3. keep one candidate per row, drawn with probability proportional to w (one multinomial per row).
+    With more candidates the choice approaches the model's conditional p(unknown | known). Rows where no unknown
+    token precedes a known one need no choice, and when that holds for the whole batch one pass is drawn.
+    `settings` are those of `generate` (N = forcing's length).
+    """
+    if int(candidates) != candidates or candidates < 1:
+        raise ConfigError(f"candidates={candidates} must be an integer >= 1 (1 = a single forced raster pass).")
+    B = cond.shape[0]
+    if not isinstance(forcing.known, torch.Tensor):
+        raise ConfigError("the next-token loop takes one known map (B, N), not per-scale lists")
+    known, values = forcing.flat((B, forcing.known.reshape(B, -1).shape[1]))
+    N = known.shape[1]
+    K = int(candidates) if bool(unknown_before_known(known).any()) else 1
+    if K == 1:
+        return generate(model, cond, N, forcing=KnownTokens(known, values), generator=generator, **settings)
+    # rows b*K .. b*K+K-1 are row b's candidates
+    tokens, logw = generate(model, repeat_rows(cond, K), N, forcing=KnownTokens(repeat_rows(known, K),
+                            repeat_rows(values, K)), generator=generator, return_known_logprob=True, **settings)
+    return tokens[choose_candidates(logw, K, generator)]

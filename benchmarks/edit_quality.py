@@ -1,0 +1,150 @@
+"""Editing quality on Fashion-MNIST, judged by the shipped classifier: one JSON row per model and task.
+
+    python benchmarks/edit_quality.py                                 # both shipped models, N = 1000
+    python benchmarks/edit_quality.py --models fmnist-var --n 100 --centre 0.5 --out results.jsonl
+    python benchmarks/edit_quality.py --models fmnist-gpt --set edit_candidates=24
+
+Tasks, on the first N test images (the same images for every model):
+  edit     the centre square (side `--centre` x the image side, default 0.75: rows and columns 4..28 of 32) is
+           regenerated as a new class, drawn per image uniformly among the 9 other classes (seeded); score =
+           share of outputs the classifier assigns to the NEW class (target >= 70%). `oracle_accuracy` is the
+           same score for a perfect edit: the centre replaced by the centre of a REAL test image of the new class
+           (images N.. of the test split). Fashion-MNIST garments fill the frame, so the kept ring carries the
+           old silhouette: with the 16x16 centre (--centre 0.5) even the oracle reaches only ~19%;
+  inpaint  a random half (top, bottom, left or right, drawn per image, seeded) is regenerated unconditionally
+           (no class label: the model's null class); score = share of outputs assigned to the image's ORIGINAL
+           class (target >= 85%). The hidden half is blacked out (the background value) BEFORE the call, so
+           nothing of it reaches the model (the encoder would otherwise see it, and VAR's coarse scales, which
+           the official rule keeps, summarise the whole input); --keep-hidden passes the full image instead.
+Beside each score: `input_accuracy` (the classifier on the untouched inputs: the ceiling for in-painting) and, for
+in-painting, `masked_accuracy` (the inputs with the half blacked out: what the known half alone says). The masks
+and new classes come from a torch.Generator seeded with --seed; sampling uses another one, seeded with --seed
+too. `settings` are the pipeline's defaults unless --cfg is given.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+HALVES = ("top", "bottom", "left", "right")
+
+
+def half_masks(sides: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(N,) indices into HALVES -> (N, H, W) bool, True = generate."""
+    m = torch.zeros(len(sides), H, W, dtype=torch.bool)
+    for i, s in enumerate(sides.tolist()):
+        {"top": lambda: m[i, : H // 2].fill_(True), "bottom": lambda: m[i, H // 2:].fill_(True),
+         "left": lambda: m[i, :, : W // 2].fill_(True), "right": lambda: m[i, :, W // 2:].fill_(True)}[HALVES[s]]()
+    return m
+
+
+def centre_mask(n: int, H: int, W: int, side: float) -> torch.Tensor:
+    m = torch.zeros(n, H, W, dtype=torch.bool)
+    h, w = round(H * side), round(W * side)
+    m[:, (H - h) // 2: (H - h) // 2 + h, (W - w) // 2: (W - w) // 2 + w] = True
+    return m
+
+
+def oracle_edits(images, masks, new_labels, pool_images, pool_labels, generator) -> torch.Tensor:
+    """The centre of a random real image of each new class pasted into the input: a perfect edit."""
+    donors = []
+    for c in new_labels.tolist():
+        idx = (pool_labels == c).nonzero()[:, 0]
+        donors.append(pool_images[idx[torch.randint(len(idx), (1,), generator=generator)]][0])
+    return torch.where(masks[:, None], torch.stack(donors), images)
+
+
+def parse_settings(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {pair!r}: expected key=value, e.g. --set edit_candidates=16")
+        out[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
+    return out
+
+
+def run_task(pipe, task: str, images, masks, labels, batch_size: int, seed: int, settings: dict) -> torch.Tensor:
+    """Outputs (N, 3, H, W) in [-1, 1] of one task, in batches with one seeded generator."""
+    gen = torch.Generator().manual_seed(seed)
+    outs = []
+    for i in range(0, len(images), batch_size):
+        x, m = images[i: i + batch_size], masks[i: i + batch_size]
+        if task == "edit":
+            out = pipe.edit(x, m, labels[i: i + batch_size].tolist(), generator=gen, output_type="pt", **settings)
+        else:
+            out = pipe.inpaint(x, m, None, generator=gen, output_type="pt", **settings)
+        outs.append(out.images.float() * 2 - 1)
+    return torch.cat(outs)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["fmnist-var", "fmnist-gpt"])
+    ap.add_argument("--tasks", nargs="+", default=["edit", "inpaint"], choices=["edit", "inpaint"])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: each pipeline's own)")
+    ap.add_argument("--keep-hidden", action="store_true", help="inpaint: give the model the full image (see above)")
+    ap.add_argument("--centre", type=float, default=0.75, help="side of the edited centre square, fraction of the image")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="pipeline settings for every call (e.g. edit_candidates=16, scale_rule=official)")
+    ap.add_argument("--out", default=None, help="append the rows to this .jsonl file")
+    args = ap.parse_args(argv)
+
+    from vision_ar.eval.fmnist_metrics import FashionMNISTEvaluator, load_split_images
+    from vision_ar.io import atomic_write_text
+    from vision_ar.pipelines import load_pipeline
+
+    all_images, all_labels = load_split_images("test")
+    images, labels = all_images[: args.n].contiguous(), all_labels[: args.n]
+    N, _, H, W = images.shape
+    draw = torch.Generator().manual_seed(args.seed)
+    new_labels = (labels + torch.randint(1, 10, (N,), generator=draw)) % 10
+    sides = torch.randint(0, len(HALVES), (N,), generator=draw)
+    masks = {"edit": centre_mask(N, H, W, args.centre), "inpaint": half_masks(sides, H, W)}
+    targets = {"edit": new_labels, "inpaint": labels}
+    masked = torch.where(masks["inpaint"][:, None], torch.full_like(images, -1.0), images)
+    inputs = {"edit": images, "inpaint": images if args.keep_hidden else masked}
+
+    ev = FashionMNISTEvaluator()
+    input_acc = ev.accuracy(images, labels)
+    masked_acc = ev.accuracy(masked, labels)
+    oracle = oracle_edits(images, masks["edit"], new_labels, all_images[args.n:], all_labels[args.n:], draw)
+    oracle_acc = ev.accuracy(oracle, new_labels)
+    rows = []
+    for model in args.models:
+        pipe = load_pipeline(model)
+        settings = parse_settings(args.set)
+        if args.cfg is not None:
+            settings["guidance_scale"] = args.cfg
+        for task in args.tasks:
+            t0 = time.perf_counter()
+            out = run_task(pipe, task, inputs[task], masks[task], targets[task], args.batch_size, args.seed, settings)
+            seconds = time.perf_counter() - t0
+            row = {"model": model, "task": task, "n": N, "accuracy": round(ev.accuracy(out, targets[task]), 4),
+                   "target": 0.70 if task == "edit" else 0.85, "input_accuracy": round(input_acc, 4),
+                   "guidance_scale": settings.get("guidance_scale", pipe.defaults.get("guidance_scale")),
+                   "seed": args.seed, "settings": settings, "seconds": round(seconds, 1)}
+            if task == "edit":  # how often the edited image still reads as the ORIGINAL class
+                row.update(centre=args.centre, oracle_accuracy=round(oracle_acc, 4),
+                           still_original_class=round(ev.accuracy(out, labels), 4))
+            else:
+                row.update(masked_accuracy=round(masked_acc, 4), hidden_half_given=args.keep_hidden)
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    if args.out:
+        from pathlib import Path
+
+        path = Path(args.out)
+        old = path.read_text() if path.is_file() else ""
+        atomic_write_text(old + "".join(json.dumps(r) + "\n" for r in rows), path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
