@@ -97,3 +97,49 @@ def rf_sample(velocity: Velocity, noise: torch.Tensor, steps: int, guidance_scal
         if record["v_uncond"]:
             trace["v_uncond"] = torch.stack(record["v_uncond"])
     return x
+
+
+def parse_guidance(value: str | float) -> float | Callable[[float], float]:
+    """A guidance scale from text: a number ('7.5') or an arithmetic expression in t ('1+6.5*t', 't**2*3'),
+    read without eval (numbers, t, + - * / ** and parentheses only)."""
+    import ast
+    import operator
+
+    if not isinstance(value, str):
+        return float(value)
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+           ast.Pow: operator.pow, ast.USub: operator.neg, ast.UAdd: operator.pos}
+    try:
+        tree = ast.parse(value, mode="eval").body
+    except SyntaxError:
+        tree = None
+
+    def check(node) -> None:
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            check(node.left), check(node.right)
+        elif isinstance(node, ast.UnaryOp) and type(node.op) in ops:
+            check(node.operand)
+        elif not (isinstance(node, ast.Name) and node.id == "t") and not (
+                isinstance(node, ast.Constant) and isinstance(node.value, (int, float))):
+            raise ConfigError(f"guidance schedule {value!r}: only numbers, t, + - * / ** and parentheses are allowed")
+
+    if tree is None:
+        raise ConfigError(f"guidance schedule {value!r} is not an expression in t (e.g. '1+6.5*t')")
+    check(tree)
+
+    def evaluate(node, t: float) -> float:
+        if isinstance(node, ast.BinOp):
+            return ops[type(node.op)](evaluate(node.left, t), evaluate(node.right, t))
+        if isinstance(node, ast.UnaryOp):
+            return ops[type(node.op)](evaluate(node.operand, t))
+        return t if isinstance(node, ast.Name) else node.value
+
+    def schedule(t: float) -> float:
+        return evaluate(tree, t)
+
+    schedule.expression = value
+    return schedule

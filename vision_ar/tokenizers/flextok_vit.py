@@ -236,7 +236,7 @@ class FlexTransformer(nn.Module):
 
     def __init__(self, dim: int, depth: int, head_dim: int, drop_path_rate: float = 0.0, **block_kwargs):
         super().__init__()
-        rates = torch.linspace(0, drop_path_rate, depth).tolist() if depth else []
+        rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList([FlexBlock(dim, head_dim, drop_path=rates[i], **block_kwargs)
                                      for i in range(depth)])
         self.grad_checkpointing = False
