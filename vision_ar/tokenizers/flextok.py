@@ -51,20 +51,29 @@ OFFICIAL_DECODE_DEFAULTS = {"steps": 20, "guidance_scale": 7.5, "apg": True}
 # VAEs
 # ----------------------------------------------------------------------------------------------------
 class IdentityVAE(nn.Module):
-    """Pixels are the latents (times scaling_factor): for images small enough to model directly (Fashion-MNIST)."""
+    """Pixels are the latents (times scaling_factor): for images small enough to model directly (Fashion-MNIST).
+
+    latent_channels 3: the RGB pixels; 1: their grey value (channel mean), decoded by repeating it to 3
+    channels (grey data such as Fashion-MNIST, repeated to 3 channels, loses nothing)."""
 
     downsample_factor = 1
 
     def __init__(self, spec: VAESpec):
         super().__init__()
+        if spec.latent_channels not in (1, 3):
+            raise ConfigError(f"the identity VAE has 3 (RGB) or 1 (grey) latent channels, got {spec.latent_channels}")
         self.latent_channels, self.scaling_factor = spec.latent_channels, float(spec.scaling_factor)
         self.frozen = True
 
     def encode(self, images, sample_posterior=False, generator=None, eps=None) -> dict:
-        return {"latents": images.float() * self.scaling_factor}
+        x = images.float()
+        if self.latent_channels == 1:
+            x = x.mean(dim=1, keepdim=True)
+        return {"latents": x * self.scaling_factor}
 
     def decode(self, latents):
-        return latents / self.scaling_factor
+        x = latents / self.scaling_factor
+        return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 
 class DiffusersVAE(nn.Module):
@@ -602,6 +611,11 @@ class FlexTok(nn.Module):
             res["hidden"] = hidden
         return res
 
+    def forward(self, images: torch.Tensor, draws: TrainDraws | None = None, latents=None,
+                return_layers: Sequence[int] = ()) -> dict:
+        """The training pass (as the official FlexTok.forward): see `training_forward`."""
+        return self.training_forward(images, draws, latents, return_layers)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for t in (self.encoder.module_dict[self.spec.encoder.vit.name],
                   self.decoder.module_dict[self.spec.decoder.vit.name]):
@@ -719,15 +733,15 @@ def _find_vae_config(spec: VAESpec, folder: Path, vae_folder) -> dict | None:
 # ----------------------------------------------------------------------------------------------------
 # Presets
 # ----------------------------------------------------------------------------------------------------
-FMNIST_DEFAULTS = dict(latent_channels=3, levels=(8, 5, 5, 5), n_registers=32, latent_size=32, patch_size=4,
+FMNIST_DEFAULTS = dict(latent_channels=1, levels=(8, 5, 5, 5), n_registers=32, latent_size=32, patch_size=4,
                        enc_dim=128, enc_depth=4, dec_dim=192, dec_depth=6, head_dim=32, vae="identity",
                        nested_mode="pow2", nullcond="learned", nullcond_p=0.1, adaLN_expansion=2)
 FMNIST_DECODE_DEFAULTS = {"steps": 25, "guidance_scale": 1.5, "apg": False}
 
 
 @register_preset("flextok-fmnist", family="flextok-tokenizer",
-                 description="FlexTok for 32x32 Fashion-MNIST in pixel space: 4x4 patches, ViT 128x4 encoder, "
-                             "192x6 rectified-flow decoder, 32 registers, FSQ [8,5,5,5] (1000 codes)")
+                 description="FlexTok for 32x32 Fashion-MNIST in (grey) pixel space: 4x4 patches, ViT 128x4 "
+                             "encoder, 192x6 rectified-flow decoder, 32 registers, FSQ [8,5,5,5] (1000 codes)")
 def flextok_fmnist(decode_defaults: dict | None = None, **overrides) -> FlexTok:
     cfg = {**FMNIST_DEFAULTS, **overrides}
     return FlexTok(flextok_config(**cfg), decode_defaults={**FMNIST_DECODE_DEFAULTS, **(decode_defaults or {})})
