@@ -131,6 +131,16 @@ def build_vae(spec: VAESpec, vae_config: dict | None) -> nn.Module:
     return DiffusersVAE(spec, vae_config)
 
 
+def init_weight(w: torch.Tensor, style: str) -> None:
+    """The official weight init styles of new models ('zero', 'xavier', 'trunc_normal' std 0.02)."""
+    if style == "zero":
+        nn.init.zeros_(w)
+    elif style == "xavier":
+        nn.init.xavier_uniform_(w)
+    else:
+        nn.init.trunc_normal_(w, std=0.02)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Small parameter holders (their attribute names are the official state_dict names)
 # ----------------------------------------------------------------------------------------------------
@@ -204,7 +214,7 @@ class LinearHead(nn.Module):
             if spec.adaLN_bias:
                 nn.init.zeros_(self.adaLN_modulation[1].bias)
         self.proj = nn.Linear(spec.dim, spec.dim_out, bias=spec.bias)
-        nn.init.zeros_(self.proj.weight)  # the official heads start at zero
+        init_weight(self.proj.weight, spec.init)  # the official heads start at zero
         if spec.bias:
             nn.init.zeros_(self.proj.bias)
 
@@ -230,7 +240,8 @@ class FlexTokEncoder(nn.Module):
             mods[spec.posemb.name] = PositionalEmbedding(spec.posemb.dim, spec.posemb.max_sizes, spec.posemb.kind,
                                                          spec.posemb.scaling)
         mods[spec.registers.name] = Registers(spec.registers.n_max, spec.registers.dim)
-        mods[v.name] = FlexTransformer(v.dim, v.depth, v.head_dim, v.drop_path_rate, **v.block_kwargs())
+        mods[v.name] = FlexTransformer(v.dim, v.depth, v.head_dim, v.drop_path_rate, init=v.init,
+                                       zero_init_query_proj=v.zero_init_query_proj, **v.block_kwargs())
         mods[spec.head.name] = LinearHead(spec.head)
         self.module_dict = nn.ModuleDict(mods)  # names from the config: the official state_dict prefixes
 
@@ -289,7 +300,8 @@ class FlexTokDecoder(nn.Module):
                                                          spec.posemb.scaling)
         mods[spec.time_name] = TimestepEmbedder(spec.time_dim, spec.frequency_embedding_size, spec.max_timestep)
         v = spec.vit
-        mods[v.name] = FlexTransformer(v.dim, v.depth, v.head_dim, v.drop_path_rate, **v.block_kwargs())
+        mods[v.name] = FlexTransformer(v.dim, v.depth, v.head_dim, v.drop_path_rate, init=v.init,
+                                       zero_init_query_proj=v.zero_init_query_proj, **v.block_kwargs())
         mods[spec.head.name] = LinearHead(spec.head)
         self.module_dict = nn.ModuleDict(mods)
 
@@ -735,7 +747,8 @@ def _find_vae_config(spec: VAESpec, folder: Path, vae_folder) -> dict | None:
 # ----------------------------------------------------------------------------------------------------
 FMNIST_DEFAULTS = dict(latent_channels=1, levels=(8, 5, 5, 5), n_registers=32, latent_size=32, patch_size=4,
                        enc_dim=128, enc_depth=4, dec_dim=192, dec_depth=6, head_dim=32, vae="identity",
-                       nested_mode="pow2", nullcond="learned", nullcond_p=0.1, adaLN_expansion=2)
+                       nested_mode="pow2", nullcond="learned", nullcond_p=0.1, adaLN_expansion=2,
+                       enc_head_init="xavier")
 FMNIST_DECODE_DEFAULTS = {"steps": 25, "guidance_scale": 1.5, "apg": False}
 
 

@@ -240,6 +240,8 @@ class ViTSpec:
     drop: float = 0.0
     drop_path_rate: float = 0.0
     adaLN_expansion: int | None = None   # None: no adaLN (encoder); 1: one set for all tokens; 2: per subsequence
+    init: str = "xavier"                 # weight init of new models: 'xavier' or 'trunc_normal'
+    zero_init_query_proj: bool = False
 
     def block_kwargs(self) -> dict:
         return dict(mlp_ratio=self.mlp_ratio, gated_mlp=self.gated_mlp, act=self.act, qkv_bias=self.qkv_bias,
@@ -257,6 +259,7 @@ class HeadSpec:
     adaLN: bool = False
     adaLN_bias: bool = True
     patch_sizes: tuple | None = None     # ToPatchesLinearHead: unpatchify with these
+    init: str = "zero"                   # weight init of the projection: 'zero' (official), 'xavier', 'trunc_normal'
 
 
 @dataclass
@@ -432,7 +435,14 @@ def _vit_spec(name, a, mask_mode: str, adaLN_expansion: int | None) -> ViTSpec:
     return ViTSpec(name, int(a["dim"]), int(a["depth"]), int(a["head_dim"]), mask_mode, float(a["mlp_ratio"]),
                    bool(a["gated_mlp"]), _activation(a["act_layer"], name), bool(a["qkv_bias"]),
                    bool(a["proj_bias"]), bool(a["mlp_bias"]), bool(a["qk_norm"]), float(a["drop"]),
-                   float(a["drop_path_rate"]), adaLN_expansion)
+                   float(a["drop_path_rate"]), adaLN_expansion, _init_style(a["weight_init_style"], name, False),
+                   bool(a["zero_init_query_proj"]))
+
+
+def _init_style(value, where: str, zero_ok: bool) -> str:
+    styles = ("zero", "xavier", "trunc_normal") if zero_ok else ("xavier", "trunc_normal")
+    _require(value in styles, where, f"weight_init_style must be one of {list(styles)}, got {value!r}")
+    return value
 
 
 def _head_spec(name, cls, a) -> HeadSpec:
@@ -447,7 +457,7 @@ def _head_spec(name, cls, a) -> HeadSpec:
     else:
         patch, dim_out = None, int(a["dim_out"])
     return HeadSpec(name, int(a["dim"]), dim_out, norm, bool(a["proj_bias"]), a["adaLN_emb_read_key"] is not None,
-                    bool(a["adaLN_bias"]), patch)
+                    bool(a["adaLN_bias"]), patch, _init_style(a["weight_init_style"], name, True))
 
 
 def _named_modules(entry, where) -> list[tuple[str, str, dict]]:
@@ -644,11 +654,14 @@ def flextok_config(*, latent_channels: int, levels: Sequence[int], n_registers: 
                    scaling_factor: float = 1.0, sample_posterior: bool = False, enc_mask: str = "causal_last",
                    register_sampling: str = "uniform", nested_mode: str = "pow2", nullcond: str = "learned",
                    nullcond_p: float = 0.1, adaLN_expansion: int = 2, frequency_embedding_size: int = 256,
-                   max_timestep: float = 1.0, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0) -> dict:
+                   max_timestep: float = 1.0, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
+                   enc_head_init: str = "zero") -> dict:
     """A hydra config in the official layout (module names of the released models), for a new FlexTok.
 
     vae: 'identity' (pixels are the latents: small images, no VAE to train) or 'diffusers' (an AutoencoderKL
-    folder at vae_path, frozen, as in every official model).
+    folder at vae_path, frozen, as in every official model). enc_head_init: the official encoder head starts at
+    zero (every image gets the same tokens until the decoder learns to read them); 'xavier' makes tokens
+    informative from the first step, which short trainings need.
     """
     grid = latent_size // patch_size
     if grid * patch_size != latent_size:
@@ -700,7 +713,7 @@ def flextok_config(*, latent_channels: int, levels: Sequence[int], n_registers: 
                             inner_seq_write_keys=["enc_vae_latents_patched", "enc_registers"],
                             inner_packed_shapes_read_key="enc_ps_inner", outer_packed_shapes_read_key="enc_ps_outer"),
         "enc_to_latents": mod(P + "postprocessors.heads.LinearHead", read_key="enc_registers", write_key="enc_registers",
-                              dim=enc_dim, dim_out=len(levels), use_mup_readout=False, weight_init_style="zero"),
+                              dim=enc_dim, dim_out=len(levels), use_mup_readout=False, weight_init_style=enc_head_init),
     }}
     null_target = "LearnedNullCond" if nullcond == "learned" else "ZeroNullCond"
     if nullcond not in ("learned", "zero"):

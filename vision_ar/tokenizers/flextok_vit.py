@@ -234,16 +234,19 @@ class FlexBlock(nn.Module):
 class FlexTransformer(nn.Module):
     """`depth` FlexBlocks (key names `blocks.{i}.*`); drop-path rate rises linearly from 0 to drop_path_rate."""
 
-    def __init__(self, dim: int, depth: int, head_dim: int, drop_path_rate: float = 0.0, **block_kwargs):
+    def __init__(self, dim: int, depth: int, head_dim: int, drop_path_rate: float = 0.0, init: str = "xavier",
+                 zero_init_query_proj: bool = False, **block_kwargs):
         super().__init__()
         rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
         self.blocks = nn.ModuleList([FlexBlock(dim, head_dim, drop_path=rates[i], **block_kwargs)
                                      for i in range(depth)])
         self.grad_checkpointing = False
-        for name, m in self.named_modules():  # the official SP init: xavier matrices, zero biases / adaLN
-            if isinstance(m, nn.Linear):
-                if "adaLN_modulation" in name:
+        for name, m in self.named_modules():  # the official SP init: xavier (or trunc-normal) matrices, zero
+            if isinstance(m, nn.Linear):      # biases and adaLN (and optionally zero query projections)
+                if "adaLN_modulation" in name or (zero_init_query_proj and name.endswith(".wq")):
                     nn.init.zeros_(m.weight)
+                elif init == "trunc_normal":
+                    nn.init.trunc_normal_(m.weight, std=0.02)
                 else:
                     nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
