@@ -36,7 +36,6 @@ def run_one(model: str, batch: int, threads: int) -> dict:
         vq = create("vq-16").eval()
         num_classes, cfg = 1000, 2.0
     n = gpt.config.block_size
-    side = int(round(n ** 0.5))
     cond = torch.arange(batch) % num_classes
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
@@ -44,7 +43,7 @@ def run_one(model: str, batch: int, threads: int) -> dict:
         t0 = time.perf_counter()
         tokens = generate(gpt, cond, n, cfg_scale=cfg, generator=g)
         t_gen = time.perf_counter() - t0
-        vq.decode(tokens.view(batch, side, side))
+        vq.decode(gpt.token_layout.unflatten(tokens))
         t_all = time.perf_counter() - t0
     return {"model": model, "batch": batch, "threads": threads, "tokens": n, "tokens_per_s": round(batch * n / t_gen, 1),
             "generate_seconds": round(t_gen, 3), "images_per_s": round(batch / t_all, 3),

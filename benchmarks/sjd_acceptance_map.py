@@ -33,13 +33,13 @@ def main():
     pipe = load_pipeline(args.model)
     gpt, vq = pipe.gpt, pipe.vq
     n = gpt.config.block_size
-    side = int(round(n ** 0.5))
+    rows, side = gpt.token_layout.shape  # a grid: the map has its rows and columns
     cfg = pipe.defaults["guidance_scale"] if args.cfg is None else args.cfg
     g = torch.Generator().manual_seed(args.seed)
     with torch.inference_mode():
         tokens, stats = sjd_generate(gpt, torch.tensor([args.label]), n, cfg_scale=cfg, generator=g,
                                      window_length=args.window, init=args.init, return_stats=True)
-        image = ((vq.decode(tokens.view(1, side, side))[0, 0] + 1) * 127.5).clamp(0, 255).byte().numpy()
+        image = ((vq.decode(gpt.token_layout.unflatten(tokens))[0, 0] + 1) * 127.5).clamp(0, 255).byte().numpy()
     # token position -> iteration that committed it (the prefill commits token 0)
     iteration = np.zeros(n, dtype=int)
     pos = 1
@@ -47,8 +47,8 @@ def main():
         iteration[pos: pos + length] = k
         pos += length
     c = args.cell
-    canvas = Image.new("RGB", (2 * side * c + 10, side * c), "white")
-    canvas.paste(Image.fromarray(image).resize((side * c, side * c), Image.NEAREST).convert("RGB"), (0, 0))
+    canvas = Image.new("RGB", (2 * side * c + 10, rows * c), "white")
+    canvas.paste(Image.fromarray(image).resize((side * c, rows * c), Image.NEAREST).convert("RGB"), (0, 0))
     draw = ImageDraw.Draw(canvas)
     last = max(iteration.max(), 1)
     for i in range(n):

@@ -25,9 +25,9 @@ from vision_ar.sampling.token_loop import generate
 
 
 def load_gpt(name: str, device: str) -> GPT:
-    from vision_ar.pipelines import SHIPPED, SHIPPED_DIR
+    from vision_ar.pipelines import shipped_folders
 
-    folder = SHIPPED_DIR / SHIPPED[name] if name in SHIPPED else Path(name)
+    folder = shipped_folders().get(name, Path(name))
     if (folder / "generator" / "config.json").is_file():
         folder = folder / "generator"
     if (folder / "config.json").is_file():

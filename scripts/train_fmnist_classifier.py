@@ -102,6 +102,7 @@ def train(args) -> tuple[FashionMNISTClassifier, float]:
 def save_folder_atomically(model: FashionMNISTClassifier, out: Path, extra: dict) -> None:
     """Write a complete folder under a temporary name, then swap it in place of `out`."""
     check_writable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     old = None
     try:

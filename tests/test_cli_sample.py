@@ -82,3 +82,22 @@ def test_cli_unwritable_output_path_is_a_file(tiny_var_folder, tmp_path, capsys)
     blocker.write_text("x")
     assert main(["sample", "--model", str(tiny_var_folder), "--classes", "0", "--out", str(blocker / "g.png")]) == 2
     assert "output folder" in capsys.readouterr().err
+
+
+def test_many_images_show_progress_and_one_summary(tiny_var_folder, tmp_path, capsys):
+    from vision_ar.pipelines.batches import summarize_stats
+
+    assert main(["sample", "--model", str(tiny_var_folder), "--classes", "0", "1", "2", "3", "4", "--batch-size", "2",
+                 "--out", str(tmp_path / "s.npz")]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert "sampling" in captured.err and "5/5" in captured.err  # the progress bar, per image
+    assert summary["n"] == 5 and summary["batches"] == 3
+    assert summary["forward_passes"] == 9 and summary["forward_passes_per_batch"] == {"min": 3, "mean": 3.0, "max": 3}
+    assert not any(isinstance(v, list) for v in summary.values())  # statistics, not one item per batch
+    assert main(["sample", "--model", str(tiny_var_folder), "--classes", "0", "--out", str(tmp_path / "one.png")]) == 0
+    assert "sampling" not in capsys.readouterr().err  # one batch: no bar
+    s = summarize_stats([{"forward_passes": 10, "mean_accept_length": 2.0, "seconds": 1.0, "accept_histogram": [1]},
+                         {"forward_passes": 6, "mean_accept_length": 4.0, "seconds": 0.5}], sizes=[3, 1])
+    assert s == {"batches": 2, "seconds": 1.5, "forward_passes": 16, "mean_accept_length": 2.5,
+                 "forward_passes_per_batch": {"min": 6, "mean": 8.0, "max": 10}}

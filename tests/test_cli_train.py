@@ -43,3 +43,34 @@ def test_train_errors(tmp_path, capsys):
     assert main(["train", "tokenizer", "--model", "var-vqvae-fmnist", "--out", str(tmp_path / "x"),
                  "--set", "no_such=1"]) == 2
     assert "unknown TrainConfig field" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tokenizer", ["var-vqvae-fmnist", "vq-fmnist"])
+def test_decoder_only_finetune_keeps_every_code(tmp_path, tokenizer):
+    """--decoder-only on --init: the decoder changes, the encoder/quantizer/codebook do not, so the codes of every
+    image (and a generator trained on them) stay valid. The GAN phase runs too."""
+    import torch
+
+    from vision_ar.data import FashionMNIST
+    from vision_ar.train.recipes import load_model_folder
+
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    assert main(["train", "tokenizer", "--model", tokenizer, "--out", str(base)] + COMMON) == 0
+    assert main(["train", "tokenizer", "--model", tokenizer, "--init", str(base / "final"), "--decoder-only",
+                 "--disc-weight", "0.1", "--disc-start", "1", "--out", str(ft), "--set", "precision=bf16"] + COMMON) == 0
+    a, b = load_model_folder(base / "final"), load_model_folder(ft / "final")
+    sa, sb = a.state_dict(), b.state_dict()
+    changed = {k for k in sa if not torch.equal(sa[k], sb[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), sorted(changed)[:5]
+    x = torch.stack([FashionMNIST("test", limit=8)[i][0] for i in range(8)])
+    codes_a, codes_b = a.eval().encode(x), b.eval().encode(x)
+    if isinstance(codes_a, torch.Tensor):  # one grid (VQ) or a list of per-scale grids (multi-scale)
+        codes_a, codes_b = [codes_a], [codes_b]
+    assert all(torch.equal(ca, cb) for ca, cb in zip(codes_a, codes_b))
+    assert "g_adv" in (ft / "metrics.jsonl").read_text()
+
+
+def test_decoder_only_needs_init(tmp_path, capsys):
+    assert main(["train", "tokenizer", "--model", "vq-fmnist", "--decoder-only", "--out", str(tmp_path / "x")]
+                + COMMON) == 2
+    assert "--init" in capsys.readouterr().err

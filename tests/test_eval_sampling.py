@@ -89,6 +89,47 @@ def test_resume_with_other_settings_is_refused(tmp_path):
                          progress=False)
 
 
+def test_resume_with_other_weights_is_refused(tmp_path):
+    """The manifest holds the sha256 of every component's weights: changed weights cannot join a run."""
+    from vision_ar.models.next_scale import VAR, VARConfig
+    from vision_ar.pipelines.var import VARPipeline
+    from vision_ar.tokenizers.multiscale import MultiScaleVQVAE, MultiScaleVQVAEConfig
+
+    torch.manual_seed(0)
+    vae = MultiScaleVQVAE(MultiScaleVQVAEConfig(vocab_size=16, z_channels=4, ch=32, ch_mult=(1, 2), num_res_blocks=1,
+                                                patch_nums=(1, 2, 4), using_sa=False, using_mid_sa=False))
+    var = VAR(VARConfig(vocab_size=16, Cvae=4, num_classes=2, depth=1, embed_dim=32, num_heads=1, patch_nums=(1, 2, 4)))
+    pipe = VARPipeline(vae, var)
+    spec = SampleSpec(num=4, num_classes=2, chunk_size=2)
+    generate_samples(pipe, tmp_path, spec, progress=False)
+    weights = json.loads((tmp_path / "manifest.json").read_text())["weights"]
+    assert set(weights) == {"tokenizer", "generator"} and all(len(h) == 64 for h in weights.values())
+    shard_path(tmp_path, 2, 4).unlink()
+    with torch.no_grad():
+        var.head.weight.add_(1e-3)  # the "same" pipeline folder with retrained weights
+    with pytest.raises(ConfigError, match=r"other weights \(component\(s\) generator differ"):
+        generate_samples(pipe, tmp_path, spec, progress=False)
+    assert not shard_path(tmp_path, 2, 4).exists()
+
+
+def test_settings_the_pipeline_rejects_leave_nothing(tmp_path):
+    class Strict(FakePipeline):
+        def __call__(self, class_labels, guidance_scale=4.0, **kw):
+            if not np.isfinite(guidance_scale) or guidance_scale > 10:
+                raise ConfigError("guidance_scale out of range")
+            return super().__call__(class_labels, guidance_scale, **kw)
+
+    spec = SampleSpec(num=4, num_classes=4, chunk_size=2, pipeline_kwargs={"guidance_scale": 50.0})
+    with pytest.raises(ConfigError, match="out of range"):
+        generate_samples(Strict(num_classes=4), tmp_path / "run", spec, progress=False)
+    nan = SampleSpec(num=4, num_classes=4, chunk_size=2, pipeline_kwargs={"guidance_scale": float("nan")})
+    with pytest.raises(ConfigError, match="non-finite"):
+        generate_samples(Strict(num_classes=4), tmp_path / "run", nan, progress=False)
+    assert not (tmp_path / "run").exists()  # no manifest that would refuse the next, valid run
+    ok = SampleSpec(num=4, num_classes=4, chunk_size=2, pipeline_kwargs={"guidance_scale": 2.0})
+    assert generate_samples(Strict(num_classes=4), tmp_path / "run", ok, progress=False)["written"] == 2
+
+
 def test_bad_pipeline_output_and_settings(tmp_path):
     spec = SampleSpec(num=4, num_classes=4, chunk_size=2)
     with pytest.raises(ConfigError, match=r"\[-1, 1\]"):

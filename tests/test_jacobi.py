@@ -21,8 +21,8 @@ from vision_ar.nn.attention import attend
 from vision_ar.nn.kv_cache import KVCache
 from vision_ar.sampling.jacobi import sjd_generate
 from vision_ar.sampling.jacobi_kernels import accept_resample_torch
-from vision_ar.sampling.token_filters import logits_to_probs
-from vision_ar.sampling.token_loop import generate, guided_logits
+from vision_ar.sampling.logits import LLAMAGEN_SAMPLING, guided_logits, token_probs
+from vision_ar.sampling.token_loop import generate
 
 NUM_SEQ = 20_000
 ALPHA = 0.01
@@ -135,12 +135,12 @@ def exact_sequence_probs(model, label, n, settings):
         rest = model.decode(inputs[:, : n - 1], 1) if n > 1 else first[:, :0]
         logits = torch.cat([first, rest], dim=1).float()
     if use_cfg:
-        guided = guided_logits(logits, cfg_scale)
+        guided = guided_logits(logits, cfg_scale, LLAMAGEN_SAMPLING)
         pos = torch.arange(n)
         guide = (pos == 0) | (cfg_interval == -1) | (pos - 1 <= cfg_interval)
         logits = torch.where(guide[None, :, None], guided, logits[: len(seqs)])
-    probs = logits_to_probs(logits, settings.get("temperature", 1.0), settings.get("top_k", 0),
-                            settings.get("top_p", 1.0)).double()
+    probs = token_probs(logits, LLAMAGEN_SAMPLING, temperature=settings.get("temperature", 1.0),
+                        top_k=settings.get("top_k", 0), top_p=settings.get("top_p", 1.0)).double()
     return seqs, probs.gather(-1, seqs[..., None]).squeeze(-1).prod(-1).numpy()
 
 

@@ -48,7 +48,7 @@ def vq(folder):
     cfg = VQConfig(**meta["vq_model_args"], ch=body["ch"], num_res_blocks=body["num_res_blocks"],
                    in_channels=body.get("in_channels", 3), out_channels=body.get("out_channels", 3))
     assert list(cfg.encoder_ch_mult) == list(body["ch_mult"])
-    model = VQModel(cfg).load_official_state_dict(load_file(folder / "vq_state_dict.safetensors"))
+    model = VQModel.from_official(load_file(folder / "vq_state_dict.safetensors"), cfg)
     return model.eval()
 
 
@@ -63,8 +63,8 @@ def gpt_meta(folder):
 
 
 def _fresh_gpt(folder, gpt_meta) -> GPT:
-    model = GPT(GPTConfig.from_official_args(gpt_meta["model_args"]))
-    return model.load_official_state_dict(load_file(folder / "gpt_state_dict.safetensors")).eval()
+    config = GPTConfig.from_official_args(gpt_meta["model_args"])
+    return GPT.from_official(load_file(folder / "gpt_state_dict.safetensors"), config)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,11 @@
 """MultiScaleVQVAE without fixtures: input checks, folder round trip, shapes, training gradients, quantizer pieces."""
-import dataclasses
 
 import pytest
 import torch
 
 from vision_ar.errors import CheckpointError, ConfigError
 from vision_ar.registry import create, get_preset
-from vision_ar.tokenizers.multiscale import (MultiScaleVQVAE, MultiScaleVQVAEConfig, from_official_checkpoint,
-                                             var_vqvae_f16)
+from vision_ar.tokenizers.multiscale import MultiScaleVQVAE, MultiScaleVQVAEConfig, var_vqvae_f16
 from vision_ar.tokenizers.quantizers import MultiScaleResidualQuantizer, nearest_code, phi_index_per_scale
 
 # A Fashion-MNIST-sized tokenizer: 32x32 images, downsample 4, latent 8x8, 4 scales.
@@ -114,13 +112,13 @@ def test_official_checkpoint_loader(tmp_path):
     sd["quantize.ema_vocab_hit_SV"] = torch.zeros(10, 16)  # made for another scale schedule: replaced, as officially
     path = tmp_path / "vae.pth"
     torch.save(sd, path)
-    m = from_official_checkpoint(path, **small)
+    m = MultiScaleVQVAE.from_official(path, **small)
     assert not m.training
     assert torch.equal(m.quantize.embedding.weight, src.quantize.embedding.weight)
     del sd["quant_conv.bias"]
     torch.save(sd, path)
     with pytest.raises(CheckpointError, match="quant_conv.bias"):
-        from_official_checkpoint(path, **small)
+        MultiScaleVQVAE.from_official(path, **small)
 
 
 def test_preset_registered():

@@ -10,7 +10,7 @@ from vision_ar.models.next_token import GPT, GPTConfig
 from vision_ar.nn.rope import rope_2d_table
 from vision_ar.nn.swiglu import swiglu_hidden_dim
 from vision_ar.registry import create, list_presets
-from vision_ar.sampling.token_filters import logits_to_probs, top_k_top_p_filter
+from vision_ar.sampling.logits import LLAMAGEN_SAMPLING, filter_logits, token_probs
 from vision_ar.sampling.token_loop import generate
 from vision_ar.tokenizers.vq import VQConfig, VQModel
 
@@ -333,14 +333,14 @@ def test_presets_registered():
 
 def test_top_k_top_p_filter_semantics():
     logits = torch.tensor([[3.0, 2.0, 2.0, 1.0, 0.0]])
-    kept = top_k_top_p_filter(logits, top_k=2).isfinite()
+    kept = filter_logits(logits, LLAMAGEN_SAMPLING, top_k=2).isfinite()
     assert kept.tolist() == [[True, True, True, False, False]]  # ties with the k-th are kept
     probs = logits.softmax(-1)[0]  # ~[0.61, 0.22, 0.22, 0.08, 0.03]
-    kept = top_k_top_p_filter(logits, top_p=0.5).isfinite()
+    kept = filter_logits(logits, LLAMAGEN_SAMPLING, top_p=0.5).isfinite()
     assert kept.tolist() == [[True, False, False, False, False]]  # first token alone crosses 0.5
-    kept = top_k_top_p_filter(logits, top_p=float(probs[0]) + 0.01).isfinite()
+    kept = filter_logits(logits, LLAMAGEN_SAMPLING, top_p=float(probs[0]) + 0.01).isfinite()
     assert kept[0].sum() == 2  # the token crossing the threshold stays
-    p = logits_to_probs(logits, temperature=0.5, top_k=2)
+    p = token_probs(logits, LLAMAGEN_SAMPLING, temperature=0.5, top_k=2)
     assert p[0, 3:].sum() == 0 and torch.isclose(p.sum(), torch.tensor(1.0))
 
 

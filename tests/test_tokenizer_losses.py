@@ -5,6 +5,7 @@ import torch
 from vision_ar.errors import ConfigError, MissingFileError
 from vision_ar.registry import create
 from vision_ar.train.tokenizer_losses import LPIPS, PatchDiscriminator, hinge_d_loss
+from vision_ar.train.task import frozen
 from vision_ar.train.tokenizer_task import TokenizerLossConfig, TokenizerTask
 
 
@@ -48,7 +49,10 @@ def test_task_with_lpips_and_gan_trains_both_players(lpips_files):
     loss0, m0 = task.loss(tok, (x, torch.zeros(2)), step=0)
     assert "lpips" in m0 and "g_adv" not in m0  # before disc_start: no adversarial term
     assert task.disc_loss(tok, task.discriminator, (x,), step=0) == (None, {})
-    loss1, m1 = task.loss(tok, (x, torch.zeros(2)), step=1)
+    with frozen(task.discriminator):  # as the training loop runs the generator's step
+        loss1, m1 = task.loss(tok, (x, torch.zeros(2)), step=1)
+        # the task leaves the freezing to the loop: it does not turn D's gradients back on inside the block
+        assert not any(p.requires_grad for p in task.discriminator.parameters())
     loss1.backward()
     assert "g_adv" in m1 and tok.encoder.conv_in.weight.grad is not None
     assert all(p.grad is None for p in task.discriminator.parameters())  # the generator step leaves D alone

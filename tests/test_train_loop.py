@@ -153,6 +153,53 @@ def test_interrupted_checkpoint_write_keeps_previous_latest(tmp_path, monkeypatc
     assert train(Regress(), make_data(), cfg_for(tmp_path)).step == 6  # and it resumes from it
 
 
+def test_restart_before_the_first_checkpoint_and_stale_temporaries(tmp_path):
+    """A run killed before its first checkpoint starts over without logging its steps twice; temporary files
+    of writes interrupted by a kill are removed at start."""
+    class Stop(Exception):
+        pass
+
+    class Dies(Regress):
+        def loss(self, model, batch, step):
+            if step == 3:
+                raise Stop()
+            return super().loss(model, batch, step)
+
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(Dies(), make_data(), cfg_for(tmp_path, ckpt_every=4, log_every=1))
+    assert [l["step"] for l in read_metrics(run)] == [1, 2, 3] and not (run / LATEST).exists()
+    stale = [run / ".latest.pt.x1y2.tmp", run / ".metrics.jsonl.abc.tmp", run / ".ckpt_00000004.pt.link"]
+    for p in stale:
+        p.write_bytes(b"half")
+    (run / ".final.q9").mkdir()
+    train(Regress(), make_data(), cfg_for(tmp_path, ckpt_every=4, log_every=1))
+    assert [l["step"] for l in read_metrics(run)] == [1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in run.iterdir()) == [LATEST, METRICS]
+
+
+def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path):
+    run = tmp_path / "run"
+    train(Regress(), make_data(), cfg_for(tmp_path, max_steps=2))
+    for change, needle in ((dict(lr=2e-2), "train.lr: 0.01 then, 0.02 now"), (dict(batch_size=16), "train.batch_size"),
+                           (dict(seed=1), "train.seed")):
+        with pytest.raises(ConfigError, match=needle + ".*--allow-changed-settings"):
+            train(Regress(), make_data(), cfg_for(tmp_path, max_steps=4, **change))
+    with pytest.raises(ConfigError, match="data.samples: 64 then, 48 now"):
+        train(Regress(), make_data(n=48), cfg_for(tmp_path, max_steps=4))
+    assert torch.load(run / LATEST, weights_only=True)["step"] == 2 and not (run / "resume_log.jsonl").exists()
+    # bookkeeping may change freely; an intended change is accepted and recorded
+    result = train(Regress(), make_data(), cfg_for(tmp_path, max_steps=4, lr=2e-2, log_every=1,
+                                                   allow_changed_settings=True))
+    assert result.step == 4
+    log = [json.loads(l) for l in (run / "resume_log.jsonl").read_text().splitlines()]
+    assert [(l["step"], l["changed"]) for l in log] == [
+        (2, {"train.lr": {"then": 0.01, "now": 0.02}, "train.max_steps": {"then": 2, "now": 4}})]
+    # the new settings are the run's own now; raising max_steps (extending the run) needs no flag
+    assert train(Regress(), make_data(), cfg_for(tmp_path, max_steps=5, lr=2e-2)).step == 5
+    assert [l["step"] for l in map(json.loads, (run / "resume_log.jsonl").read_text().splitlines())] == [2, 4]
+
+
 # ----------------------------------------------------------------------------------------------------
 # EMA, GAN discriminator, switches
 # ----------------------------------------------------------------------------------------------------
@@ -204,11 +251,12 @@ class GanTask(Regress):
 def test_gan_discriminator_phase(tmp_path):
     task = GanTask()
     d0 = {k: v.clone() for k, v in task.discriminator.state_dict().items()}
-    train(task, make_data(), cfg_for(tmp_path, max_steps=2, disc_start_step=2))
-    # before disc_start_step the discriminator is untouched, even though the generator loss used it
+    task.disc_start = 2
+    train(task, make_data(), cfg_for(tmp_path, max_steps=2))
+    # before disc_start the discriminator is untouched, even though the generator loss used it
     assert all(torch.equal(v, d0[k]) for k, v in task.discriminator.state_dict().items())
     assert all(p.grad is None for p in task.discriminator.parameters()) and task.disc_calls == []
-    train(task, make_data(), cfg_for(tmp_path, max_steps=5, disc_start_step=2, disc_lr=5e-2))
+    train(task, make_data(), cfg_for(tmp_path, max_steps=5, disc_lr=5e-2, allow_changed_settings=True))
     assert sorted(set(task.disc_calls)) == [2, 3, 4]
     assert not torch.equal(task.discriminator.weight, d0["weight"])
     ckpt = torch.load(tmp_path / "run" / LATEST, weights_only=True)

@@ -10,7 +10,8 @@ from vision_ar.errors import CheckpointError, ConfigError
 from vision_ar.io import atomic_torch_save
 from vision_ar.models.next_scale import VAR, VARConfig
 from vision_ar.registry import create, list_presets
-from vision_ar.sampling.logits import (gumbel_softmax, sample_tokens, top_k_mask_, top_p_mask_var_, var_cfg)
+from vision_ar.sampling.logits import (VAR_SAMPLING, gumbel_softmax, sample_tokens, top_k_mask_, top_p_mask_,
+                                       var_cfg)
 from vision_ar.sampling.next_scale import sample_next_scale
 from vision_ar.tokenizers.multiscale import MultiScaleVQVAE, MultiScaleVQVAEConfig
 
@@ -223,12 +224,12 @@ def test_official_checkpoint_loader(var, tmp_path):
     atomic_torch_save(var.state_dict(), path)
     sizes = {k: getattr(var.config, k) for k in ("vocab_size", "Cvae", "num_classes", "depth", "embed_dim",
                                                    "num_heads", "patch_nums", "shared_aln")}
-    loaded = VAR.from_official_checkpoint(path, "var-d16", **sizes)
+    loaded = VAR.from_official(path, "var-d16", **sizes)
     x = torch.randn(1, var.L - var.first_l, CVAE)
     with torch.no_grad():
         torch.testing.assert_close(loaded(torch.tensor([4]), x), var(torch.tensor([4]), x))
     with pytest.raises(CheckpointError, match="missing keys"):
-        VAR.from_official_checkpoint(path, "var-d16", **{**sizes, "depth": 3})
+        VAR.from_official(path, "var-d16", **{**sizes, "depth": 3})
 
 
 def test_presets_registered():
@@ -247,22 +248,22 @@ def test_top_k_keeps_ties_and_top_p_keeps_the_best():
     assert (kept != float("-inf")).sum().item() == 3  # the three tied 3.0s all survive top-2
     assert torch.equal(top_k_mask_(logits.clone(), 99), logits)  # k > V keeps everything
     peaked = torch.tensor([[0.0, 10.0, 0.0]])
-    assert (top_p_mask_var_(peaked.clone(), 0.01) != float("-inf")).tolist() == [[False, True, False]]
+    assert (top_p_mask_(peaked.clone(), 0.01, VAR_SAMPLING) != float("-inf")).tolist() == [[False, True, False]]
     flat = torch.zeros(1, 4)  # uniform: cumsum 0.25, 0.5, 0.75, 1 <= 1 - 0.6 removes exactly one
-    assert (top_p_mask_var_(flat.clone(), 0.6) != float("-inf")).sum().item() == 3
+    assert (top_p_mask_(flat.clone(), 0.6, VAR_SAMPLING) != float("-inf")).sum().item() == 3
 
 
 def test_sample_tokens_consumes_the_generator_like_multinomial():
     g0 = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 5, 50, generator=g0)
-    res = sample_tokens(logits, torch.Generator().manual_seed(1), top_k=10, top_p=0.9)
+    res = sample_tokens(logits, VAR_SAMPLING, torch.Generator().manual_seed(1), top_k=10, top_p=0.9)
     assert res.tokens.shape == (3, 5) and res.kept_count.shape == (3, 5)
     assert (res.kept_count <= 10).all() and (res.kept_count >= 1).all()
     # the drawn token always survived the filters
     assert (res.filtered_logits.gather(-1, res.tokens[..., None]) > float("-inf")).all()
     # same draw, same generator state afterwards: multinomial == argmax(P / Exp(1)), one draw per element
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    res = sample_tokens(logits, g1, top_k=10, top_p=0.9)
+    res = sample_tokens(logits, VAR_SAMPLING, g1, top_k=10, top_p=0.9)
     probs = res.filtered_logits.softmax(-1).view(-1, 50)
     race = (probs / torch.empty_like(probs).exponential_(1, generator=g2)).argmax(-1).view(3, 5)
     assert torch.equal(res.tokens, race)

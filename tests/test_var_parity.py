@@ -26,6 +26,12 @@ pytestmark = pytest.mark.parity
 LOGITS_TOL = 1e-4       # teacher-forced logits
 LOGITS_CFG_TOL = 5e-4   # guided AR logits (CFG multiplies float noise by up to 1 + 2 * cfg)
 IMAGE_TOL = 1e-4        # f_hat and images
+# f_hat and images of `more_smooth` cases: a Gumbel-softmax mixture of codes at a low temperature (tau 0.0135 at
+# the last scale), where logit noise of 1e-5 moves the soft weights. The official code itself, rerun on other
+# x86 CPUs, differs from the fixtures by up to 1.1e-3 (AVX2 CPU, fixture README) and 1.6e-2 (f_hat; image
+# 3.1e-3) on an AVX-512 Xeon other than the fixtures' one (var_b/ar_case2, 1 and 2 threads). Tokens stay exact.
+# 5e-2 holds on all three; a wrong Gumbel temperature (x1.2) or logit scale moves them by 0.4 to 2.6.
+SOFT_MIXTURE_TOL = 5e-2
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -132,6 +138,7 @@ def test_autoregressive_cases(var_name):
             unseeded.append(file)
             continue
         generator = torch.Generator().manual_seed(call["g_seed"])  # CPU generator, as the fixtures
+        float_tol = SOFT_MIXTURE_TOL if call["more_smooth"] else IMAGE_TOL
         tokens, image = sample_next_scale(model, vae, _call_labels(call["label_B"]), generator, cfg=call["cfg"],
                                           top_k=call["top_k"], top_p=call["top_p"],
                                           more_smooth=call["more_smooth"], batch_size=call["B"], trace=trace)
@@ -143,14 +150,14 @@ def test_autoregressive_cases(var_name):
             assert torch.equal(trace[f"kept_count.{si}"], want[f"kept_count.{si}"]), \
                 f"{where}: top-k/top-p kept counts of scale {si} differ"
             err = _max_diff(trace[f"f_hat.{si}"], want[f"f_hat.{si}"], f"f_hat.{si}")
-            assert err <= IMAGE_TOL, f"{where}: f_hat after scale {si} differs by {err:.3g}"
+            assert err <= float_tol, f"{where}: f_hat after scale {si} differs by {err:.3g} > {float_tol}"
             if f"logits_cfg.{si}" in want:
                 err = _max_diff(trace[f"logits_cfg.{si}"], want[f"logits_cfg.{si}"], f"logits_cfg.{si}")
                 assert err <= LOGITS_CFG_TOL, f"{where}: guided logits of scale {si} differ by {err:.3g}"
         if case.get("logits_saved"):
             assert all(f"logits_cfg.{si}" in want for si in range(S)), f"{where}: logits_saved but none stored"
         err = _max_diff(image, want["image"], "image")
-        assert err <= IMAGE_TOL, f"{where}: image differs by {err:.3g}"
+        assert err <= float_tol, f"{where}: image differs by {err:.3g} > {float_tol}"
     if unseeded and len(unseeded) == len(files):
         pytest.skip(f"{var_name}: every case is unseeded (g_seed=None), nothing reproducible: {unseeded}")
 

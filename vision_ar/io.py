@@ -27,20 +27,25 @@ WEIGHTS_NAME = "model.safetensors"
 # ----------------------------------------------------------------------------------------------------
 # Atomic writes
 # ----------------------------------------------------------------------------------------------------
+def plain_file_mode() -> int:
+    """The permissions a plain open() gives a new file (0666 & ~umask); mkstemp and some writers use 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it onto `path` (atomic on POSIX)."""
     path = Path(path)
     check_writable(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
-        # mkstemp makes 0600 files; give the result the permissions a plain open() would (0666 & ~umask)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, plain_file_mode())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -48,15 +53,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """Create the parent folder if needed and make sure we may write there, before any work is done."""
+    """Make sure `path` can be written, before any work is done; nothing is created.
+
+    The nearest existing folder above `path` must be a folder in which a temporary file (or, when folders
+    are still to be made, a temporary folder) can really be created and removed: permission bits alone do
+    not tell (/proc, read-only mounts, root). The folders themselves are made by the write (`atomic_path`),
+    so a run that fails before writing leaves nothing behind.
+    """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"cannot create the output folder {parent}: {existing} is a file. "
+                          f"Choose another output path.")
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        if existing == parent:
+            fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
+        else:
+            os.rmdir(tempfile.mkdtemp(prefix=".vision_ar-probe.", dir=existing))
     except OSError as e:
-        raise ConfigError(f"cannot create the output folder {parent}: {e}. Choose another output path.") from e
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"the output folder {parent} is not writable. Choose another output path.")
+        what = f"the output folder {parent}" if existing == parent else f"{existing} (to create {parent} in)"
+        raise ConfigError(f"{what} is not writable ({e.strerror or e}). Choose another output path.") from None
     if path.exists() and path.is_file() and not os.access(path, os.W_OK):
         raise ConfigError(f"the output file {path} exists and is not writable. Choose another output path.")
     return path
@@ -108,6 +129,21 @@ def unwrap_state_dict(sd: Mapping[str, Any], prefer: tuple[str, ...] = ("model",
     raise CheckpointError(f"no state_dict found in checkpoint; top-level keys are {sorted(sd)[:20]}")
 
 
+def read_official_checkpoint(source, what: str, prefer: tuple[str, ...] = ("model", "state_dict", "ema")) -> dict:
+    """An official checkpoint given as a local path (read safely, see `load_checkpoint`) or as an already-loaded
+    dict -> its flat tensor state_dict (unwrapped from {'model': ...}-style nesting, trying `prefer` in order)."""
+    if isinstance(source, (str, os.PathLike)):
+        source = load_checkpoint(source, what)
+    if not isinstance(source, Mapping):
+        raise ConfigError(f"{what}: expected a checkpoint path or a state_dict, got {type(source).__name__}.")
+    return unwrap_state_dict(source, prefer)
+
+
+def describe_source(source) -> str:
+    """How errors name where official weights came from: the path, or 'state_dict' for an in-memory dict."""
+    return str(source) if isinstance(source, (str, os.PathLike)) else "state_dict"
+
+
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
     """Load with every mismatch listed at once: missing keys, unexpected keys, wrong shapes."""
     own = model.state_dict()
@@ -115,6 +151,8 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], wha
     unexpected = [k for k in sd if k not in own]
     wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    wrong += [f"{k}: checkpoint {sd[k].dtype} vs model {own[k].dtype}" for k in own
+              if k in sd and _kind(sd[k]) != _kind(own[k])]  # load_state_dict would cast silently
     if missing or unexpected or wrong:
         lines = [f"{what} does not fit {type(model).__name__}:"]
         if missing:
@@ -122,10 +160,30 @@ def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], wha
         if unexpected:
             lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
         if wrong:
-            lines.append(f"  wrong shapes ({len(wrong)}): {wrong}")
+            lines.append(f"  wrong shapes or dtypes ({len(wrong)}): {wrong}")
         lines.append("  Check that the preset/config matches the checkpoint (depth, width, vocabulary, image size).")
         raise CheckpointError("\n".join(lines))
+    check_finite(model, sd, what)
     model.load_state_dict(dict(sd), strict=True)
+
+
+def _kind(t: torch.Tensor) -> str:
+    return "complex" if t.is_complex() else "float" if t.is_floating_point() else "integer"
+
+
+def check_finite(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str) -> None:
+    """Weights must be finite: a NaN anywhere, or an inf in a parameter (buffers such as attention masks may
+    hold -inf on purpose), is refused, naming the tensor, instead of producing NaN images later."""
+    params = {name for name, _ in model.named_parameters()}
+    for k, t in sd.items():
+        if not (t.is_floating_point() or t.is_complex()):
+            continue
+        bad = ~torch.isfinite(t) if k in params else torch.isnan(t)
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise CheckpointError(f"{what}: tensor {k!r} holds {n} non-finite value(s) "
+                                  f"({'NaN' if bool(torch.isnan(t).any()) else 'inf'}) out of {t.numel()}: the "
+                                  f"weights are corrupt (a diverged run?). Use another checkpoint.")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -154,6 +212,7 @@ class PretrainedMixin:
         folder = Path(folder)
         check_writable(folder / CONFIG_NAME)
         cfg = {"_class": type(self).__name__, **_to_jsonable(self.config), **(extra_config or {})}
+        folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
@@ -163,6 +222,7 @@ class PretrainedMixin:
             save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / WEIGHTS_NAME))
             for name in (CONFIG_NAME, WEIGHTS_NAME):  # rename file by file: an existing folder keeps other files
                 folder.mkdir(parents=True, exist_ok=True)
+                os.chmod(tmp / name, plain_file_mode())  # weights readable like the config beside them
                 os.replace(tmp / name, folder / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -175,10 +235,46 @@ class PretrainedMixin:
         unknown = sorted(set(d) - fields)
         if unknown:
             raise ConfigError(f"{cls.__name__} config has unknown fields {unknown}; known: {sorted(fields)}")
+        from .validation import check_values
+
+        check_values(d, cls.config_class, f"{cls.__name__} config")  # e.g. patch_nums given as a string
         for f in dataclasses.fields(cls.config_class):  # JSON has lists where configs use tuples
             if f.name in d and isinstance(d[f.name], list):
                 d[f.name] = tuple(tuple(v) if isinstance(v, list) else v for v in d[f.name])
         return cls.config_class(**d)
+
+    # --- official checkpoints: every model class has `from_official(path_or_state_dict, config, **overrides)` --
+    preset_family: str = None  # type: ignore[assignment]  # registry family whose presets build this class
+
+    @classmethod
+    def official_model_config(cls, config, overrides: dict):
+        """The config an official checkpoint loads into: a preset name of `preset_family` or a config object,
+        with `overrides` applied. Returns the preset name (a str) or the config (so callers choose the device)."""
+        if isinstance(config, str):
+            from .registry import get_preset, list_presets
+
+            if get_preset(config).family != cls.preset_family:  # raises with the known names when unknown
+                raise ConfigError(f"preset '{config}' is not a {cls.__name__} preset ({cls.preset_family}); use one "
+                                  f"of {', '.join(list_presets(cls.preset_family))}.")
+            return config
+        if not isinstance(config, cls.config_class):
+            raise ConfigError(f"config must be a {cls.config_class.__name__} or a preset name, got "
+                              f"{type(config).__name__}.")
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(config)})
+        if unknown:
+            raise ConfigError(f"unknown {type(config).__name__} fields {unknown}; known: "
+                              f"{[f.name for f in dataclasses.fields(config)]}")
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+    @classmethod
+    def build_for_official(cls, config, overrides: dict):
+        """A freshly initialised model for `official_model_config(config, overrides)`."""
+        config = cls.official_model_config(config, overrides)
+        if isinstance(config, str):
+            from .registry import create
+
+            return create(config, **overrides)
+        return cls(config)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, map_location: str = "cpu"):

@@ -3,7 +3,9 @@
     @register_preset("var-d16", family="var")
     def var_d16(**overrides): return VAR(VARConfig(depth=16, ...).replace(**overrides))
 
-`create(name)` builds any preset; an unknown name lists the known ones.
+`family` is the preset's group; a family (vision_ar/family.py) names the groups of its tokenizer and
+generator presets. `create(name)` builds any preset; an unknown name lists the known ones. The presets are
+registered by the model modules that the registered families import (`load_builtin_families`).
 """
 from __future__ import annotations
 
@@ -27,29 +29,32 @@ _PRESETS: dict[str, Preset] = {}
 def register_preset(name: str, family: str, description: str = ""):
     def deco(fn):
         if name in _PRESETS:
-            raise ConfigError(f"preset '{name}' is registered twice")
+            raise ConfigError(f"preset '{name}' is registered twice (group {_PRESETS[name].family}); give the new "
+                              f"preset another name")
         _PRESETS[name] = Preset(name, family, fn, description)
         return fn
 
     return deco
 
 
-def _load_all():
-    # Import the modules that register presets (cheap, no weights).
-    import importlib
+def unregister_preset(name: str) -> None:
+    """Forget a preset (tests, notebooks)."""
+    _PRESETS.pop(name, None)
 
-    for mod in ("vision_ar.models.next_scale", "vision_ar.models.next_token", "vision_ar.tokenizers.multiscale",
-                "vision_ar.tokenizers.vq"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+
+def _load_all():
+    from .family import load_builtin_families
+
+    load_builtin_families()
+
+
+def all_presets() -> list[Preset]:
+    _load_all()
+    return [_PRESETS[n] for n in sorted(_PRESETS)]
 
 
 def list_presets(family: str | None = None) -> list[str]:
-    _load_all()
-    return sorted(n for n, p in _PRESETS.items() if family is None or p.family == family)
+    return [p.name for p in all_presets() if family is None or p.family == family]
 
 
 def get_preset(name: str) -> Preset:
@@ -60,4 +65,6 @@ def get_preset(name: str) -> Preset:
 
 
 def create(name: str, **overrides):
-    return get_preset(name).builder(**overrides)
+    from .validation import build_with_overrides  # unknown / wrongly typed overrides get a clear error
+
+    return build_with_overrides(name, get_preset(name).builder, overrides)

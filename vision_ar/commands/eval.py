@@ -20,6 +20,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from .family_flags import add_cli_flags, call_kwargs, load_kwargs
 from .fid import add_common_eval_args, cache_dir_from_args
 
 
@@ -27,9 +28,6 @@ def add_parser(sub):
     p = sub.add_parser("eval", help="sample N images with a pipeline and measure FID / IS / precision-recall",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pipeline", required=True, help="shipped model name, pipeline folder, or preset (with paths)")
-    p.add_argument("--vae", help="official VAR VQ-VAE checkpoint (with a var-d* preset)")
-    p.add_argument("--vq", help="official LlamaGen VQ checkpoint (with a gpt-* preset)")
-    p.add_argument("--checkpoint", help="official generator checkpoint (with a preset)")
     p.add_argument("--ref", required=True, help="reference: statistics .npz, ADM reference batch, samples .npz, folder, or 'fashion-mnist' (classifier metrics)")
     p.add_argument("--num", type=int, default=50_000, help="number of samples (default 50000 = 50 per class)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (pipeline default if unset)")
@@ -43,6 +41,7 @@ def add_parser(sub):
     p.add_argument("--out-dir", required=True, help="run folder: shards, samples.npz, report.json")
     p.add_argument("--report", default=None, help="report path (default OUT_DIR/report.json)")
     add_common_eval_args(p)
+    add_cli_flags(p)  # each family's own flags (official checkpoint paths, sampler settings)
     p.set_defaults(func=run)
 
 
@@ -51,22 +50,16 @@ def checkpoint_hash(args) -> dict:
     """sha256 of the weights the samples came from: pipeline folder files, or the official checkpoint files."""
     from ..eval.images import file_sha256
 
-    files = {}
-    folder = Path(args.pipeline)
-    try:
-        from ..pipelines import SHIPPED, SHIPPED_DIR
+    from ..pipelines import shipped_folders
 
-        if args.pipeline in SHIPPED:
-            folder = SHIPPED_DIR / SHIPPED[args.pipeline]
-    except ImportError:
-        pass
+    files = {}
+    folder = shipped_folders().get(args.pipeline, Path(args.pipeline))
     if folder.is_dir():
         for p in sorted(folder.rglob("*")):
             if p.is_file() and p.suffix in (".safetensors", ".json", ".pt", ".pth", ".bin"):
                 files[str(p.relative_to(folder))] = file_sha256(p)
-    for key in ("vae", "vq", "checkpoint"):
-        if getattr(args, key, None):
-            files[key] = file_sha256(getattr(args, key))
+    for key, path in load_kwargs(args).items():  # the official checkpoint files given by path flags
+        files[key] = file_sha256(path)
     combined = hashlib.sha256("".join(f"{k}={v};" for k, v in sorted(files.items())).encode()).hexdigest()
     return {"sha256": combined if files else None, "files": files}
 
@@ -100,14 +93,13 @@ def _report_fmnist(args, spec, samples: Path, ref_kind: str, report_path: Path, 
 
 
 def run(args) -> int:
-    import torch
-
     from ..errors import ConfigError
     from ..eval.inception import InceptionFeatures, resolve_inception_weights
     from ..eval.metrics import compute_metrics, format_table, versions
     from ..eval.reference import images_side, load_side, peek_source
     from ..eval.images import NpzImageSource
-    from ..eval.sample_writer import SampleSpec, dist_info, export_adm_npz, generate_samples
+    from ..distributed import barrier, setup_distributed, teardown_distributed
+    from ..eval.sample_writer import SampleSpec, export_adm_npz, generate_samples
     from ..io import atomic_write_text, check_writable
 
     # Everything that can be wrong is checked before sampling starts.
@@ -122,29 +114,22 @@ def run(args) -> int:
     check_writable(out_dir / "samples.npz")
     check_writable(report_path)
 
-    rank, world, local_rank = dist_info()
-    if args.device:
-        device = args.device
-    else:
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    info = setup_distributed(args.device or "auto")  # the same process setup as training
+    rank, world, device = info.rank, info.world_size, str(info.device)
     try:
         from ..pipelines import load_pipeline
 
-        pipe = load_pipeline(args.pipeline, device=device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
+        pipe = load_pipeline(args.pipeline, device=device, **load_kwargs(args))
         pipe_kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                               temperature=args.temperature).items() if v is not None}
+        pipe_kwargs.update(call_kwargs(args, pipe))
         spec = SampleSpec(num=args.num, num_classes=int(pipe.num_classes), chunk_size=args.chunk_size,
                           base_seed=args.seed, model=str(args.pipeline), pipeline_kwargs=pipe_kwargs)
         progress = not args.no_progress
         generate_samples(pipe, out_dir, spec, rank=rank, world_size=world, image_size=args.image_size,
                          progress=progress)
         del pipe
-        if world > 1:
-            torch.distributed.barrier()
+        barrier(info)
         if rank != 0:
             return 0
 
@@ -177,5 +162,4 @@ def run(args) -> int:
         print(f"report: {report_path}")
         return 0
     finally:
-        if world > 1 and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        teardown_distributed(info)

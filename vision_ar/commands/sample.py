@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..family import list_families, shipped_folders
 from ..io import atomic_path, check_writable
+from .family_flags import add_cli_flags, call_kwargs, check_sampler_flags, load_kwargs
 
 OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
 
@@ -22,10 +24,8 @@ OUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".npz")
 def add_parser(sub):
     p = sub.add_parser("sample", help="draw class-conditional samples", description=__doc__,
                        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="shipped model (fmnist-var, fmnist-gpt), pipeline folder, or preset")
-    p.add_argument("--vae", help="official VAR VQ-VAE checkpoint (with a var-d* preset)")
-    p.add_argument("--vq", help="official LlamaGen VQ checkpoint (with a gpt-* preset)")
-    p.add_argument("--checkpoint", help="official generator checkpoint (with a preset)")
+    p.add_argument("--model", required=True, help="shipped model (" + ", ".join(shipped_names()) + "), pipeline "
+                   "folder, or preset")
     p.add_argument("--classes", type=int, nargs="+", required=True, help="class ids, one image each")
     p.add_argument("--repeat", type=int, default=1, help="images per class id")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (model default if unset)")
@@ -33,14 +33,19 @@ def add_parser(sub):
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--more-smooth", action="store_true", help="VAR: Gumbel 'more smooth' sampling")
-    p.add_argument("--sampler", default="default", help="default | sjd (next-token models)")
-    p.add_argument("--sjd-window", type=int, default=None, help="SJD window length")
-    p.add_argument("--sjd-init", default=None, help="SJD draft initialisation")
+    # the first sampler of a family is its default; the others are named after the family that offers them
+    extra = [f"{name} ({f.name})" for f in list_families() for name in f.sampling.samplers[1:]]
+    p.add_argument("--sampler", default="default", help=" | ".join(["default"] + extra))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown for several batches)")
     p.add_argument("--out", required=True, help="grid .png/.jpg, or .npz (ADM layout: uint8 arr_0 N,H,W,3 + labels)")
+    add_cli_flags(p)  # each family's own flags (official checkpoint paths, sampler settings)
     p.set_defaults(func=run)
+
+
+def shipped_names() -> list[str]:
+    return sorted(shipped_folders())
 
 
 def save_grid(images: np.ndarray, path: Path, ncol: int | None = None) -> None:
@@ -54,7 +59,7 @@ def save_grid(images: np.ndarray, path: Path, ncol: int | None = None) -> None:
         r, k = divmod(i, ncol)
         grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + k * (w + 2): 2 + k * (w + 2) + w] = im
     with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG" if path.suffix == ".png" else "JPEG")
+        Image.fromarray(grid).save(tmp, format="PNG" if path.suffix.lower() == ".png" else "JPEG")
 
 
 def save_npz(images: np.ndarray, labels: list[int], path: Path) -> None:
@@ -70,36 +75,25 @@ def run(args) -> int:
     check_writable(out)  # before any model is loaded
     if args.repeat < 1 or args.batch_size < 1:
         raise ConfigError("--repeat and --batch-size must be >= 1")
+    check_sampler_flags(args)
+    from ..distributed import resolve_device
     from ..pipelines import load_pipeline
+    from ..pipelines.batches import sample_in_batches
 
-    pipe = load_pipeline(args.model, device=args.device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
+    device = str(resolve_device(args.device))  # an unknown or absent device is refused before loading
+    pipe = load_pipeline(args.model, device=device, **load_kwargs(args))
     labels = [c for _ in range(args.repeat) for c in args.classes]  # one grid row per repeat
-    kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p).items()
-              if v is not None}
-    if args.more_smooth:
-        kwargs["more_smooth"] = True
-    if args.temperature is not None:
-        kwargs["temperature"] = args.temperature
+    kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
+                                    temperature=args.temperature).items() if v is not None}
     if args.sampler != "default":
         kwargs["sampler"] = args.sampler
-        for k in ("sjd_window", "sjd_init"):
-            if getattr(args, k) is not None:
-                kwargs[k] = getattr(args, k)
+    kwargs.update(call_kwargs(args, pipe))
     # One generator for the whole run: same seed and settings -> same images on the same device.
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    chunks, stats = [], []
-    for i in range(0, len(labels), args.batch_size):
-        res = pipe(class_labels=labels[i: i + args.batch_size], generator=generator, output_type="np", **kwargs)
-        chunks.append(res.images)
-        stats.append(res.stats)
-    images = np.concatenate(chunks)
+    images, stats = sample_in_batches(pipe, labels, args.batch_size, generator, progress=not args.no_progress, **kwargs)
     if out.suffix.lower() == ".npz":
         save_npz(images, labels, out)
     else:
         save_grid(images, out, ncol=len(args.classes) if args.repeat > 1 else None)
-    summary = {"out": str(out), "n": len(labels), "seconds": round(sum(s.get("seconds", 0) for s in stats), 3)}
-    for key in ("forward_passes", "mean_accept_length"):
-        if stats and key in stats[0]:
-            summary[key] = stats[0][key] if len(stats) == 1 else [s[key] for s in stats]
-    print(json.dumps(summary))
+    print(json.dumps({"out": str(out), "n": len(labels), **stats}))
     return 0

@@ -36,12 +36,19 @@ def add_parser(sub):
     p.add_argument("--out", help="run folder (checkpoints, metrics.jsonl, final/ and pipeline/)")
     p.add_argument("--steps", type=int, help="optimizer steps")
     p.add_argument("--set", action="append", default=[], metavar="K=V", help="override a TrainConfig field")
+    p.add_argument("--allow-changed-settings", action="store_true",
+                   help="resume although settings differ from the checkpoint's (the change is recorded)")
     # tokenizer loss options
     p.add_argument("--lpips-weight", type=float, default=0.0)
     p.add_argument("--lpips-vgg", help="torchvision vgg16 state_dict (local file)")
     p.add_argument("--lpips-lin", help="LPIPS linear weights vgg.pth (local file)")
     p.add_argument("--disc-weight", type=float, default=0.0, help="> 0 turns the PatchGAN loss on")
     p.add_argument("--disc-start", type=int, default=0)
+    p.add_argument("--init", metavar="FOLDER", help="tokenizer training: start from a trained tokenizer folder "
+                   "(its config.json wins over --model)")
+    p.add_argument("--decoder-only", action="store_true",
+                   help="tokenizer training: fine-tune only the decoder on the frozen codes of --init (generators "
+                        "trained on those codes stay valid)")
     p.set_defaults(func=run)
 
 
@@ -63,6 +70,31 @@ def parse_overrides(pairs: list[str], target_fields: dict | None, what: str) -> 
     return out
 
 
+def build_request(args):
+    """The parsed command line -> the typed request the library's recipes take."""
+    from ..train import recipes
+    from ..train.config import TrainConfig
+    from ..train.tokenizer_task import TokenizerLossConfig
+
+    train_over = parse_overrides(args.set, {f.name: f for f in dataclasses.fields(TrainConfig)}, "TrainConfig")
+    if args.steps is not None:
+        train_over["max_steps"] = args.steps
+    if args.allow_changed_settings:
+        train_over["allow_changed_settings"] = True
+    # the model's config dataclass rejects unknown fields with the list of known ones
+    model_over = parse_overrides(args.model_set, None, "model config")
+    common = dict(model=args.model, out=args.out, data=args.data, image_size=args.image_size, limit=args.limit,
+                  model_overrides=model_over, train_overrides=train_over)
+    if args.what == "tokenizer":
+        loss = TokenizerLossConfig(lpips_weight=args.lpips_weight, lpips_vgg_path=args.lpips_vgg,
+                                   lpips_lin_path=args.lpips_lin, disc_weight=args.disc_weight,
+                                   disc_start=args.disc_start, decoder_only=args.decoder_only)
+        return recipes.TokenizerRequest(**common, loss=loss, init=args.init)
+    if not args.tokenizer:
+        raise ConfigError("generator training needs --tokenizer FOLDER (a trained tokenizer's final/ folder)")
+    return recipes.GeneratorRequest(**common, tokenizer=args.tokenizer)
+
+
 def run(args) -> int:
     from ..train import recipes
 
@@ -72,16 +104,10 @@ def run(args) -> int:
         return 0
     if not (args.what and args.model and args.out):
         raise ConfigError("give what to train (tokenizer | generator), --model and --out (see --help)")
-    from ..train.config import TrainConfig
-
-    train_over = parse_overrides(args.set, {f.name: f for f in dataclasses.fields(TrainConfig)}, "TrainConfig")
-    if args.steps is not None:
-        train_over["max_steps"] = args.steps
-    if args.what == "tokenizer":
-        recipes.train_tokenizer(args, train_over)
+    req = build_request(args)
+    if isinstance(req, recipes.TokenizerRequest):
+        recipes.train_tokenizer(req)
     else:
-        if not args.tokenizer:
-            raise ConfigError("generator training needs --tokenizer FOLDER (a trained tokenizer's final/ folder)")
-        recipes.train_generator(args, train_over)
+        recipes.train_generator(req)
     print(f"done: {Path(args.out).resolve()}")
     return 0

@@ -8,7 +8,8 @@ dataset (in order, no augmentation) and writes ONE safetensors file (atomically)
     labels  N       int64 class labels
 
 with metadata: the layout ("tensor" = one tensor per sample, "list" = a list of per-scale tensors), every
-part's per-sample shape, the dtype, and a content key = sha256(tokenizer weights + dataset identity). Loading
+part's per-sample shape, the dtype, the tokenizer's declared `TokenLayout` when given (every batch is checked
+against it), and a content key = sha256(tokenizer weights + dataset identity). Loading
 with `expected_key` (or calling the cache function again) detects a cache built by another tokenizer or from
 other data. Integer tokens are stored in the smallest integer type that holds them and read back as int64;
 float latents (KL tokenizers) are stored as they come.
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError, MissingFileError
 from ..io import atomic_save_safetensors, check_writable
+from ..tokens import TokenLayout
 
 CACHE_FORMAT = "vision_ar.token_cache.v1"
 
@@ -105,8 +107,11 @@ def read_cache_metadata(path: str | os.PathLike) -> dict:
 def cache_tokenizer_outputs(encode_fn: Callable, dataset: Dataset, path: str | os.PathLike, batch_size: int = 64,
                             *, tokenizer: nn.Module | None = None, dataset_id: str | None = None,
                             device: str | torch.device = "cpu", num_workers: int = 0, overwrite: bool = False,
-                            progress: bool = False) -> Path:
+                            progress: bool = False, token_layout: TokenLayout | None = None) -> Path:
     """Encode `dataset` once and store tokens + labels in `path`; reuse an up-to-date cache.
+
+    token_layout: the tokenizer's declared token layout (`tokenizer.token_layout(image_size)`); every batch must
+    have it (a tokenizer whose encode disagrees with its declaration is an error), and it is stored.
 
     A cache at `path` whose content key matches is kept (no work). One with another key (other tokenizer
     weights, other data) is rebuilt, with a message, unless it is not a token cache at all (then an error).
@@ -128,6 +133,8 @@ def cache_tokenizer_outputs(encode_fn: Callable, dataset: Dataset, path: str | o
         it = tqdm(loader, desc=f"caching tokens -> {path.name}")
     for images, y in it:
         out = encode_fn(images.to(device))
+        if token_layout is not None:
+            token_layout.check(out, who=f"the tokens of {getattr(encode_fn, '__qualname__', 'encode_fn')}")
         parts = _split_parts(out)
         batch_layout = "list" if isinstance(out, (list, tuple)) else "tensor"
         batch_shapes = [list(p.shape[1:]) for p in parts]
@@ -142,6 +149,8 @@ def cache_tokenizer_outputs(encode_fn: Callable, dataset: Dataset, path: str | o
     meta = {"format": CACHE_FORMAT, "content_key": key, "layout": layout, "shapes": json.dumps(shapes),
             "dtype": str(tokens.dtype).replace("torch.", ""), "num_samples": str(tokens.shape[0]),
             "dataset_id": dataset_id or dataset_identity(dataset)}
+    if token_layout is not None:
+        meta["token_layout"] = token_layout.to_json()
     atomic_save_safetensors({"tokens": tokens.to(_storage_dtype(tokens)), "labels": torch.cat(labels)}, path,
                             metadata=meta)
     return path
@@ -173,6 +182,8 @@ class CachedTokens(Dataset):
         self.layout, self.shapes = meta["layout"], [tuple(s) for s in json.loads(meta["shapes"])]
         self.dtype = getattr(torch, meta["dtype"])
         self.tokens, self.labels = tensors["tokens"], tensors["labels"]
+        # what the tokenizer declared (caches written without one: None)
+        self.token_layout = TokenLayout.from_json(meta["token_layout"]) if "token_layout" in meta else None
         self.sizes = [int(torch.tensor(s).prod()) if s else 1 for s in self.shapes]
         if self.tokens.shape[1] != sum(self.sizes) or self.tokens.shape[0] != self.labels.shape[0]:
             raise DataError(f"token cache {self.path} is inconsistent (tokens {tuple(self.tokens.shape)}, "

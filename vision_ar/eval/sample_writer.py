@@ -11,9 +11,12 @@ shorter). A chunk is the unit of work, of randomness and of storage:
   SeedSequence. Batched samplers draw their noise for the whole batch, so per-image randomness is only
   reproducible for a fixed batch composition; fixing the chunks (not the worker count) gives exactly that;
 - work split: chunk c goes to rank c % world_size. Which worker draws a chunk changes nothing in it.
+  (The process setup is vision_ar/distributed.py, the same as training's.)
 
 So the same (pipeline, settings, N, chunk_size, base_seed) give the same images with 1 or 8 workers. The
-chunk size is recorded in the run's manifest; resuming with another chunk size is refused.
+run's manifest records the settings (chunk size included) and the sha256 of every component's weights; a
+resume with other settings or other weights is refused, so one run never mixes two models. The manifest is
+written with the first shard: settings the pipeline rejects leave nothing in the folder.
 
 Crash safety
 ------------
@@ -24,6 +27,7 @@ before writing the ADM layout (`arr_0` uint8 N x H x W x 3, `arr_1` labels).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -31,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import ConfigError
 from ..io import atomic_path, atomic_write_text, check_writable
@@ -84,31 +89,66 @@ def shard_path(out_dir: Path, start: int, end: int) -> Path:
     return Path(out_dir) / f"shard_{start:08d}-{end:08d}.npz"
 
 
-def dist_info() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) for a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+# ----------------------------------------------------------------------------------------------------
+# Manifest: the settings and the weights the samples on disk were made with
+# ----------------------------------------------------------------------------------------------------
+def module_sha256(module: nn.Module) -> str:
+    """sha256 over a module's state_dict (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(module.state_dict().items()):
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{t.numel()};".encode())
+        if t.numel():
+            h.update(memoryview(t.view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------------
-# Manifest
-# ----------------------------------------------------------------------------------------------------
-def prepare_run_dir(out_dir: str | os.PathLike, spec: SampleSpec) -> Path:
-    """Create the run folder or check that an existing one was made with the same settings."""
+def component_hashes(pipe) -> dict[str, str]:
+    """{component name: sha256 of its weights} for every nn.Module a pipeline holds (tokenizer, generator...)."""
+    return {name: module_sha256(m) for name, m in sorted(vars(pipe).items()) if isinstance(m, nn.Module)}
+
+
+def run_manifest(spec: SampleSpec, weights: dict[str, str]) -> dict:
+    return {**spec.manifest(), "weights": weights}
+
+
+def prepare_run_dir(out_dir: str | os.PathLike, manifest: dict) -> str:
+    """Check, before any sampling, that the run folder can hold these samples: it is writable, and samples
+    already there were made with the same settings and the same weights. Returns the manifest's text, which
+    `write_manifest` writes with the first shard (so a setting the pipeline rejects leaves nothing behind)."""
     out_dir = Path(out_dir)
     check_writable(out_dir / MANIFEST)
-    want = spec.manifest()
+    try:
+        text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise ConfigError(f"the sampling settings hold a non-finite number ({manifest.get('pipeline_kwargs')}): "
+                          f"give finite values") from None
+    want = json.loads(text)
     path = out_dir / MANIFEST
     if path.is_file():
         have = json.loads(path.read_text())
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+        if "weights" in diff and "weights" not in have:
+            raise ConfigError(f"{out_dir} holds samples whose manifest records no weights (made by an older "
+                              f"vision-ar), so a resume cannot tell whether they come from this model: choose a new "
+                              f"output folder.")
+        if "weights" in diff:
+            old, new = have["weights"], want["weights"]
+            parts = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(f"{out_dir} holds samples made with other weights (component(s) {', '.join(parts)} "
+                              f"differ from the manifest's sha256): a resume would mix two models. Use the "
+                              f"weights the run started with, or choose a new output folder.")
         if diff:
             details = ", ".join(f"{k}: {have.get(k)!r} on disk vs {want.get(k)!r} now" for k in diff)
             raise ConfigError(f"{out_dir} holds samples made with other settings ({details}). Resume with the same "
                               f"settings or choose a new output folder.")
-    else:
-        # Every rank may get here at once; each writes identical bytes by atomic rename, so that is harmless.
-        atomic_write_text(json.dumps(want, indent=2, sort_keys=True), path)
-    return out_dir
+    return text
+
+
+def write_manifest(out_dir: Path, text: str) -> None:
+    # Every rank may get here at once; each writes identical bytes by atomic rename, so that is harmless.
+    if not (out_dir / MANIFEST).is_file():
+        atomic_write_text(text, out_dir / MANIFEST)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,7 +169,8 @@ def generate_samples(pipe, out_dir: str | os.PathLike, spec: SampleSpec, rank: i
     num_classes = getattr(pipe, "num_classes", None)
     if num_classes is not None and num_classes != spec.num_classes:
         raise ConfigError(f"the pipeline has {num_classes} classes but the sample spec says {spec.num_classes}")
-    out_dir = prepare_run_dir(out_dir, spec)
+    out_dir = Path(out_dir)
+    manifest = prepare_run_dir(out_dir, run_manifest(spec, component_hashes(pipe)))
     mine = chunk_ranges(spec.num, spec.chunk_size)[rank::world_size]
     todo = [(s, e) for s, e in mine if not shard_path(out_dir, s, e).is_file()]
     from tqdm.auto import tqdm
@@ -145,6 +186,7 @@ def generate_samples(pipe, out_dir: str | os.PathLike, spec: SampleSpec, rank: i
                                    expected_size=image_size)
             if images.shape[0] != end - start:
                 raise ConfigError(f"the pipeline returned {images.shape[0]} images for {end - start} class labels")
+            write_manifest(out_dir, manifest)  # only now that the pipeline took the settings
             _write_shard(shard_path(out_dir, start, end), images.permute(0, 2, 3, 1).cpu().numpy(), labels, start)
             done += 1
             bar.update(end - start)

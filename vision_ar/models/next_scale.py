@@ -14,7 +14,7 @@ serves all blocks and each block adds its own learned offset.
 
 Compatible with the official FoundationVision/VAR checkpoints: parameter names, shapes and state_dict order are the
 official ones (buffers `lvl_1L`, `attn_bias_for_masking`, `blocks.*.attn.zero_k_bias` included), so
-`var_d16.pth` ... `var_d36.pth` load strictly as they are (`VAR.from_official_checkpoint`).
+`var_d16.pth` ... `var_d36.pth` load strictly as they are (`VAR.from_official`).
 
 This file holds the model only. Sampling (CFG, top-k/top-p, the scale loop) lives in
 vision_ar/sampling/next_scale.py and talks to the model through the incremental API:
@@ -43,14 +43,16 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
+from ..conditioning import check_label_range
 from ..errors import ConfigError
-from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..io import PretrainedMixin, describe_source, load_state_dict_strict, read_official_checkpoint
 from ..nn.adaln import AdaLNHeadNorm, AdaLNProjection, modulate
 from ..nn.attention import attend
 from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
 from ..nn.mlp import FFN
 from ..registry import register_preset
+from ..tokens import TokenLayout
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 PATCH_NUMS_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
@@ -252,6 +254,7 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 class VAR(PretrainedMixin, nn.Module):
     config_class = VARConfig
+    preset_family = "var"
 
     def __init__(self, config: VARConfig):
         super().__init__()
@@ -329,11 +332,8 @@ class VAR(PretrainedMixin, nn.Module):
         if not isinstance(label_B, torch.Tensor) or label_B.ndim != 1 or label_B.dtype.is_floating_point:
             raise ConfigError(f"class labels must be a 1-D integer tensor (B,), got "
                               f"{getattr(label_B, 'shape', type(label_B))}; pass torch.tensor([207, 360]).")
-        hi = self.num_classes if allow_null else self.num_classes - 1
-        if label_B.numel() and (int(label_B.min()) < 0 or int(label_B.max()) > hi):
-            raise ConfigError(f"class id out of range: labels {label_B.tolist()} but this VAR has num_classes="
-                              f"{self.num_classes} (valid 0..{self.num_classes - 1}"
-                              f"{f'; {self.num_classes} = unconditional' if allow_null else ''}).")
+        if label_B.numel():
+            check_label_range(label_B.tolist(), self.num_classes, allow_null=allow_null)
 
     def _check_teacher_input(self, label_B: torch.Tensor, x: torch.Tensor) -> None:
         want = (self.L - self.first_l, self.Cvae)
@@ -452,31 +452,38 @@ class VAR(PretrainedMixin, nn.Module):
                               "(or use `with var.inference(batch_size):`).")
         return self._run_blocks(x_BlC, cond_BD, attn_bias=None)
 
+    @property
+    def token_layout(self) -> TokenLayout:
+        """The per-scale token pyramid this VAR predicts (coarse to fine)."""
+        return TokenLayout.pyramid(self.patch_nums, vocab_size=self.V)
+
     # ------------------------------------------------------------------------------------------------
     # official checkpoints
     # ------------------------------------------------------------------------------------------------
     @classmethod
-    def from_official_checkpoint(cls, path, preset: str = "var-d16", map_location: str = "cpu",
-                                 **overrides) -> "VAR":
-        """Load an official `var_d{16,20,24,30,36}.pth` (a plain state_dict) into the matching preset.
+    def from_official(cls, path_or_state_dict, config: VARConfig | str = "var-d16", **overrides) -> "VAR":
+        """Load an official `var_d{16,20,24,30,36}.pth` (a plain state_dict; or the dict itself) into the matching
+        preset (or a VARConfig), strictly. Eval mode, on the CPU.
 
         `overrides` change preset fields (e.g. cond_drop_rate, or sizes for a checkpoint of another shape).
         The model is built on the meta device and the checkpoint tensors are assigned, so nothing is allocated
         twice and no time is spent on a random init.
         """
-        from ..registry import get_preset
-
-        if get_preset(preset).family != "var":
-            raise ConfigError(f"preset '{preset}' is not a VAR preset; use one of var-d16, var-d20, var-d24, "
-                              f"var-d30, var-d36.")
-        sd = unwrap_state_dict(load_checkpoint(path, what=f"VAR checkpoint ({preset})"))
+        name = config if isinstance(config, str) else "config"
+        config = cls.official_model_config(config, overrides)  # a wrong preset is reported before any reading
+        sd = read_official_checkpoint(path_or_state_dict, what=f"VAR checkpoint ({name})")
         with torch.device("meta"):
-            model = get_preset(preset).builder(**overrides)
+            if isinstance(config, str):
+                from ..registry import create
+
+                model = create(config, **overrides)
+            else:
+                model = cls(config)
         with warnings.catch_warnings():  # the strict check's copy into meta tensors is a (warned) no-op
             warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
-            load_state_dict_strict(model, sd, what=f"{path}")  # every mismatch listed at once
+            load_state_dict_strict(model, sd, what=describe_source(path_or_state_dict))  # every mismatch at once
         model.load_state_dict(sd, strict=True, assign=True)  # the checkpoint tensors become the weights
-        return model.to(map_location).eval()
+        return model.eval()
 
 
 # ====================================================================================================

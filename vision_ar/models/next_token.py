@@ -1,16 +1,17 @@
-"""LlamaGen-style class-conditional GPT: next-token prediction over a raster-ordered VQ token grid.
+"""LlamaGen-style class-conditional GPT: next-token prediction over a raster-ordered token grid or a 1D sequence.
 
 Functionally identical to FoundationVision/LlamaGen `autoregressive/models/gpt.py` (c2i): same state_dict keys,
 so official `c2i_*.pt` checkpoints load as they are, and the same logits.
 
-    sequence   [class token] [tok 0] [tok 1] ... [tok N-1]          (N = block_size = grid * grid)
+    sequence   [class token] [tok 0] [tok 1] ... [tok N-1]          (N = block_size)
     position        0            1       2           N
     predicts     tok 0        tok 1   tok 2   ...  (extra)
 
 Map of this file:
   * GPTConfig            - the official `ModelArgs` fields of a c2i model (text conditioning is not ported)
   * LabelEmbedder        - class embedding with a learned null class (row `num_classes`) for CFG + label dropout
-  * Attention / Block    - pre-norm LLaMA block: RMSNorm, fused qkv, 2D RoPE, SDPA, SwiGLU, residual dropout
+  * Attention / Block    - pre-norm LLaMA block: RMSNorm, fused qkv, RoPE, SDPA, SwiGLU, residual dropout
+                           (2D RoPE on a grid, as official; 1D RoPE on a sequence: `GPTConfig.token_shape`)
   * GPT                  - teacher-forced `forward` (training) and the incremental KV-cache API every sampler uses
   * presets              - gpt-b / gpt-l / gpt-xl / gpt-xxl / gpt-3b for 256px (16x16 tokens) and 384px (24x24)
 
@@ -37,14 +38,17 @@ import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import nn
 
+from ..conditioning import check_label_range
 from ..errors import ConfigError
-from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..io import PretrainedMixin, load_state_dict_strict, read_official_checkpoint
 from ..nn.attention import attend
+from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
 from ..nn.norms import RMSNorm
-from ..nn.rope import apply_rope, rope_2d_table
+from ..nn.rope import apply_rope, rope_1d_table, rope_2d_table
 from ..nn.swiglu import FeedForward
 from ..registry import register_preset
+from ..tokens import TokenLayout
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -75,7 +79,10 @@ class GPTConfig:
 
     vocab_size: int = 16384
     cls_token_num: int = 1
-    block_size: int = 256  # number of image tokens = grid * grid
+    block_size: int = 256  # number of image tokens
+    # How the block_size tokens are arranged (not an official field; the official model is the default):
+    # () = a square grid (2D RoPE); (h, w) = an h x w grid (2D RoPE); (n,) = a 1D sequence (1D RoPE).
+    token_shape: tuple = ()
 
     # Official ModelArgs fields with no meaning here: text conditioning and gpt-fast cache sizes.
     _IGNORED_OFFICIAL_FIELDS = ("caption_dim", "max_batch_size", "max_seq_len")
@@ -86,12 +93,20 @@ class GPTConfig:
         kv = self.n_kv_head or self.n_head
         if self.n_head % kv:
             raise ConfigError(f"n_head={self.n_head} is not a multiple of n_kv_head={kv}.")
-        if (self.dim // self.n_head) % 4:
-            raise ConfigError(f"head_dim={self.dim // self.n_head} must be divisible by 4 for 2D RoPE; "
-                              f"change dim / n_head.")
-        if math.isqrt(self.block_size) ** 2 != self.block_size:
+        self.token_shape = tuple(int(x) for x in self.token_shape)
+        if len(self.token_shape) > 2:
+            raise ConfigError(f"token_shape={self.token_shape} must be () (square grid), (h, w) (grid) or (n,) "
+                              f"(1D sequence).")
+        if (self.dim // self.n_head) % (2 * len(self.grid_shape)):
+            raise ConfigError(f"head_dim={self.dim // self.n_head} must be divisible by "
+                              f"{2 * len(self.grid_shape)} for {len(self.grid_shape)}D RoPE; change dim / n_head.")
+        if not self.token_shape and math.isqrt(self.block_size) ** 2 != self.block_size:
             raise ConfigError(f"block_size={self.block_size} is not a square number of tokens (grid * grid); "
-                              f"use (image_size // downsample) ** 2, e.g. 256 for 256px with a 16x tokenizer.")
+                              f"use (image_size // downsample) ** 2, e.g. 256 for 256px with a 16x tokenizer, or "
+                              f"give token_shape=(h, w) for a non-square grid or (n,) for a 1D sequence.")
+        if self.token_shape and math.prod(self.token_shape) != self.block_size:
+            raise ConfigError(f"token_shape={self.token_shape} holds {math.prod(self.token_shape)} tokens but "
+                              f"block_size={self.block_size}; make block_size the product of token_shape.")
         if self.cls_token_num != 1:
             # The c2i embedder yields ONE conditioning row; the official code with cls_token_num > 1 would
             # zero the RoPE of the first image tokens. Only text conditioning (not ported) uses more.
@@ -110,8 +125,12 @@ class GPTConfig:
         return self.dim // self.n_head
 
     @property
-    def grid_size(self) -> int:
-        return math.isqrt(self.block_size)
+    def grid_shape(self) -> tuple[int, ...]:
+        """(h, w) of a 2D token grid, or (n,) of a 1D sequence."""
+        if self.token_shape:
+            return self.token_shape
+        side = math.isqrt(self.block_size)
+        return (side, side)
 
     @property
     def max_positions(self) -> int:
@@ -163,21 +182,6 @@ class LabelEmbedder(nn.Module):
             drop = torch.rand(labels.shape[0], device=labels.device, generator=generator) < self.dropout_prob
             labels = torch.where(drop, self.num_classes, labels)
         return self.embedding_table(labels).unsqueeze(1)  # (B, 1, dim)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: drop a whole residual branch per sample in training, rescale survivors."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
 
 
 class Attention(nn.Module):
@@ -239,6 +243,7 @@ class TransformerBlock(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 class GPT(PretrainedMixin, nn.Module):
     config_class = GPTConfig
+    preset_family = "next-token"
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -275,8 +280,8 @@ class GPT(PretrainedMixin, nn.Module):
         """RoPE (cos, sin) rows of absolute positions start..end-1, float32, on `device`."""
         if self._rope is None or self._rope.device != device:
             cfg = self.config
-            table = rope_2d_table(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num,
-                                  device=torch.device("cpu"))
+            make = rope_2d_table if len(cfg.grid_shape) == 2 else rope_1d_table
+            table = make(cfg.grid_shape, cfg.head_dim, cfg.rope_base, cfg.cls_token_num, device=torch.device("cpu"))
             self._rope = table.to(device)
         return self._rope[start:end]
 
@@ -287,11 +292,9 @@ class GPT(PretrainedMixin, nn.Module):
         if not isinstance(cond_idx, torch.Tensor) or cond_idx.ndim != 1 or cond_idx.is_floating_point():
             raise ConfigError(f"cond_idx must be a 1-D integer tensor of class labels (B,), got "
                               f"{getattr(cond_idx, 'shape', type(cond_idx))}.")
-        hi = self.cls_embedding.embedding_table.num_embeddings if allow_null else self.num_classes
-        if cond_idx.numel() and (int(cond_idx.min()) < 0 or int(cond_idx.max()) >= hi):
-            raise ConfigError(f"class labels must be in [0, {hi - 1}] (null class = {self.num_classes} "
-                              f"{'available' if self.cls_embedding.has_null_class else 'absent'}); got "
-                              f"min {int(cond_idx.min())}, max {int(cond_idx.max())}.")
+        if cond_idx.numel():
+            check_label_range(cond_idx.tolist(), self.num_classes,
+                              allow_null=allow_null and self.cls_embedding.has_null_class)
 
     def _check_tokens(self, idx: torch.Tensor, name: str = "idx") -> None:
         if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.is_floating_point():
@@ -432,6 +435,14 @@ class GPT(PretrainedMixin, nn.Module):
             h = layer(h, rope, cache, None, starts)
         return self.output(self.norm(h)).float()
 
+    @property
+    def token_layout(self) -> TokenLayout:
+        """The tokens this GPT models: a 2D grid (2D RoPE) or a 1D sequence (1D RoPE), raster order."""
+        shape = self.config.grid_shape
+        if len(shape) == 2:
+            return TokenLayout.grid(*shape, vocab_size=self.vocab_size)
+        return TokenLayout.sequence(shape[0], vocab_size=self.vocab_size)
+
     # Speculative decoding may give every row its own start position (decode with a (B,) LongTensor).
     per_row_positions = True
 
@@ -487,24 +498,17 @@ class GPT(PretrainedMixin, nn.Module):
     # ----------------------------------------------------------------------------------------------
     # Official checkpoints
     # ----------------------------------------------------------------------------------------------
-    def load_official_state_dict(self, sd) -> "GPT":
-        """Load an official LlamaGen state_dict (or a checkpoint dict holding it under 'model'/'module'/...)."""
-        sd = unwrap_state_dict(sd, prefer=("model", "module", "state_dict", "ema"))
+    @classmethod
+    def from_official(cls, path_or_state_dict, config: GPTConfig | str, **overrides) -> "GPT":
+        """`GPT.from_official("c2i_L_256.pt", "gpt-l")`: build the preset (or config) and load the official
+        LlamaGen weights (a file, or a dict holding them under 'model'/'module'/...) strictly. Eval mode."""
+        what = "LlamaGen GPT checkpoint"
+        sd = read_official_checkpoint(path_or_state_dict, what, prefer=("model", "module", "state_dict", "ema"))
         # Older official files may carry the RoPE table or gpt-fast KV caches; both are rebuilt here.
         sd = {k: v for k, v in sd.items() if k != "freqs_cis" and ".kv_cache." not in k and k != "causal_mask"}
-        load_state_dict_strict(self, sd, what="LlamaGen GPT checkpoint")
-        return self
-
-    @classmethod
-    def from_official(cls, path, config: GPTConfig | str, **overrides) -> "GPT":
-        """`GPT.from_official("c2i_L_256.pt", "gpt-l")`: build the preset (or config) and load the file."""
-        if isinstance(config, str):
-            from ..registry import create
-
-            model = create(config, **overrides)
-        else:
-            model = cls(config.replace(**overrides) if overrides else config)
-        return model.load_official_state_dict(load_checkpoint(path, "LlamaGen GPT checkpoint")).eval()
+        model = cls.build_for_official(config, overrides)
+        load_state_dict_strict(model, sd, what=what)
+        return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------

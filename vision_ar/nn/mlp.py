@@ -1,7 +1,8 @@
 """Feed-forward blocks shared by the transformers.
 
 `FFN` is the ViT/GPT-2 MLP used by VAR: Linear -> GELU(tanh approximation) -> Linear (-> dropout); FlexTok's
-ungated option passes its own activation and bias. `GatedMLP` is FlexTok's SiLU-gated block.
+ungated option passes its own activation and bias. `GatedMLP` is FlexTok's SiLU-gated block (fc1/fc3/fc2),
+`GatedFFN` timm's SwiGLU layout used by xAR (fc1_g/fc1_x/fc2).
 Parameter names `fc1` / `fc2` (/ `fc3`) are the official VAR, timm `Mlp` and FlexTok key names, so checkpoints load
 as they are.
 """
@@ -48,3 +49,23 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.act(self.fc1(x)) * self.fc3(x)))
+
+
+class GatedFFN(nn.Module):
+    """Gated feed-forward block in timm's `SwiGLU` layout (used by xAR): fc2(drop(act(fc1_g x) * fc1_x x)).
+
+    Key names `fc1_g` (gate), `fc1_x` (value), `fc2` and the biases are timm's, so xAR checkpoints load as they
+    are. xAR builds it with act = exact GELU (timm's argument `act_layer=nn.GELU`), hidden = int(dim * 4 * 2/3).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, act: nn.Module | None = None):
+        super().__init__()
+        self.fc1_g = nn.Linear(in_features, hidden_features)
+        self.fc1_x = nn.Linear(in_features, hidden_features)
+        self.act = act if act is not None else nn.GELU()
+        self.drop1 = nn.Dropout(drop) if drop > 0 else nn.Identity()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop2 = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1_g(x)) * self.fc1_x(x))))

@@ -6,24 +6,25 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm (LLaMA / LlamaGen): x / rms(x) * weight, no mean subtraction, no bias.
+    """Root-mean-square norm (LLaMA / LlamaGen / xAR): x / rms(x) * weight, no mean subtraction, no bias.
 
     The statistic is computed in float32 and cast back before the weight is applied, as in LlamaGen, so
-    bf16/fp16 models normalise exactly like the official ones.
+    bf16/fp16 models normalise exactly like the official ones. `elementwise_affine=False` drops the weight
+    (xAR's pre-AdaLN norms, whose scale comes from the condition): no parameter, no state_dict key.
     """
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    def __init__(self, dim: int, eps: float = 1e-5, elementwise_affine: bool = True):
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps, self.dim = eps, dim
+        self.weight = nn.Parameter(torch.ones(dim)) if elementwise_affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)).type_as(x)
+        return normed if self.weight is None else normed * self.weight
 
     def extra_repr(self) -> str:
-        return f"{self.weight.shape[0]}, eps={self.eps}"
+        return f"{self.dim}, eps={self.eps}, elementwise_affine={self.weight is not None}"
 
 
 def fp32_layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -1,4 +1,9 @@
-"""Pipelines: tokenizer + generator + sampler -> images (diffusers-style `pipe(...).images`)."""
+"""Pipelines: tokenizer + generator + sampler -> images (diffusers-style `pipe(...).images`).
+
+`load_pipeline` takes a shipped model name, a pipeline folder or an official preset; which names are shipped,
+which pipeline class a folder holds and how an official release loads are each family's declaration
+(vision_ar/family.py), not lists here.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,50 +13,58 @@ from .base import PipelineOutput, read_pipeline_config
 
 # Models trained with this project's own commands and shipped inside the package (see README).
 SHIPPED_DIR = Path(__file__).resolve().parents[1] / "weights"
-SHIPPED = {"fmnist-var": "fmnist_var", "fmnist-gpt": "fmnist_gpt"}
-# Generator family -> (pipeline class, the flag naming its tokenizer checkpoint, the official files to pass).
-OFFICIAL = {"var": ("VARPipeline", "vae", "vae_ch160v4096z32.pth and var_d*.pth files"),
-            "next-token": ("GPTPipeline", "vq", "vq_ds16_c2i.pt and c2i_*.pt files")}
 
 
-def _classes():
-    from .gpt import GPTPipeline
-    from .var import VARPipeline
+def shipped_folders() -> dict[str, Path]:
+    """Every registered family's shipped model name -> its folder (present in this installation or not)."""
+    from ..family import shipped_folders as every_family_shipped
 
-    return {"VARPipeline": VARPipeline, "GPTPipeline": GPTPipeline}
+    return every_family_shipped()
 
 
 def shipped_models() -> list[str]:
-    return [n for n, d in SHIPPED.items() if (SHIPPED_DIR / d / "pipeline.json").is_file()]
+    return [n for n, d in shipped_folders().items() if (d / "pipeline.json").is_file()]
+
+
+def __getattr__(name):
+    # SHIPPED (name -> folder name) is computed from the registered families when asked for.
+    if name == "SHIPPED":
+        return {n: d.name for n, d in shipped_folders().items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_pipeline(name_or_folder: str, device: str = "cpu", **official_paths):
     """A shipped model name (`fmnist-var`), a pipeline folder, or an official preset with its checkpoint paths
     (`load_pipeline("var-d16", vae="vae_ch160v4096z32.pth", checkpoint="var_d16.pth")`)."""
-    if name_or_folder in SHIPPED:
-        folder = SHIPPED_DIR / SHIPPED[name_or_folder]
+    from ..family import families_of_group, pipeline_class
+
+    shipped = shipped_folders()
+    if name_or_folder in shipped:
+        folder = shipped[name_or_folder]
         if not (folder / "pipeline.json").is_file():
             raise MissingFileError(f"the shipped model '{name_or_folder}' is not in this installation ({folder})")
     else:
         folder = Path(name_or_folder)
     if folder.is_dir():
         cfg = read_pipeline_config(folder)
-        cls = _classes().get(cfg.get("_class"))
-        if cls is None:
-            raise ConfigError(f"{folder}/pipeline.json names an unknown pipeline class {cfg.get('_class')!r}")
+        try:
+            cls = pipeline_class(str(cfg.get("_class")))
+        except ConfigError as e:
+            raise ConfigError(f"{folder}/pipeline.json names an unknown pipeline class {cfg.get('_class')!r} "
+                              f"({e})") from None
         return cls.from_pretrained(folder, device=device)
     from ..registry import get_preset
 
     preset = get_preset(name_or_folder)  # raises with the list of known names
-    if preset.family not in OFFICIAL:
+    loaders = [f for f in families_of_group(preset.family, "generator") if f.official is not None]
+    if not loaders:
         raise ConfigError(f"preset '{preset.name}' (family {preset.family}) is not a generator with a pipeline")
-    class_name, tokenizer_flag, files = OFFICIAL[preset.family]
-    missing = [k for k in (tokenizer_flag, "checkpoint") if not official_paths.get(k)]
+    official = loaders[0].official
+    missing = [k for k in official.paths if not official_paths.get(k)]
     if missing:
         raise ConfigError(f"preset '{preset.name}' has no shipped weights: pass "
-                          + " and ".join(f"--{k} PATH" for k in missing) + f" (the official {files})")
-    cls = _classes()[class_name]
-    return cls.from_official(preset.name, official_paths[tokenizer_flag], official_paths["checkpoint"], device)
+                          + " and ".join(f"--{k} PATH" for k in missing) + f" (the official {official.files})")
+    return official.load(preset.name, {k: official_paths[k] for k in official.paths}, device)
 
 
-__all__ = ["PipelineOutput", "load_pipeline", "shipped_models"]
+__all__ = ["PipelineOutput", "load_pipeline", "shipped_models", "shipped_folders"]

@@ -15,12 +15,12 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
 import torch
 
-from ..errors import ConfigError, MissingFileError
+from ..conditioning import check_class_labels, check_guidance
+from ..errors import CheckpointError, ConfigError, MissingFileError
 from ..io import atomic_write_text, check_writable
 
 PIPELINE_CONFIG = "pipeline.json"
@@ -48,34 +48,42 @@ def to_output_type(images01: torch.Tensor, output_type: str):
     raise ConfigError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
 
 
-def check_class_labels(class_labels: Sequence[int] | int | torch.Tensor, num_classes: int) -> list[int]:
-    """Validate class ids before any work: ints in [0, num_classes)."""
-    if isinstance(class_labels, int):
-        class_labels = [class_labels]
-    labels = [int(c) for c in (class_labels.tolist() if torch.is_tensor(class_labels) else class_labels)]
-    if not labels:
-        raise ConfigError("class_labels is empty: give at least one class id")
-    bad = [c for c in labels if not 0 <= c < num_classes]
-    if bad:
-        raise ConfigError(f"class ids {bad} are out of range: this model knows classes 0..{num_classes - 1}")
-    return labels
-
-
-def check_guidance(guidance_scale: float) -> float:
-    g = float(guidance_scale)
-    if not np.isfinite(g) or g < 0:
-        raise ConfigError(f"guidance_scale (CFG) must be a finite number >= 0, got {guidance_scale}; "
-                          f"0 or 1 means no guidance depending on the family (see the model card)")
-    return g
-
-
 def read_pipeline_config(folder: str | os.PathLike) -> dict:
     folder = Path(folder)
     path = folder / PIPELINE_CONFIG
     if not path.is_file():
         raise MissingFileError(f"{path} not found: a pipeline folder holds {PIPELINE_CONFIG} plus component "
                                f"folders (written by Pipeline.save_pretrained)")
-    return json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e}); fix it or write the folder again with "
+                              f"save_pretrained") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("defaults") or {}, dict):
+        raise CheckpointError(f"{path} must hold an object with '_class' and a 'defaults' object")
+    return cfg
+
+
+def _expected(want) -> tuple[tuple, str]:
+    """The types a sampling setting may take, judged by the pipeline's own default value, and their name."""
+    if isinstance(want, bool):
+        return (bool,), "true or false"
+    if isinstance(want, int):
+        return (int,), "an integer"
+    if isinstance(want, float):
+        return (int, float), "a number"
+    return (type(want),), f"a {type(want).__name__}"
+
+
+def check_defaults(defaults: dict, reference: dict, where: str) -> None:
+    """Sampling defaults (pipeline.json's 'defaults') must be settings the pipeline knows, of the types it uses."""
+    unknown = sorted(set(defaults) - set(reference))
+    if unknown:
+        raise ConfigError(f"{where}: unknown sampling setting(s) {unknown}; this pipeline knows {sorted(reference)}")
+    for key, value in defaults.items():
+        types_, kind = _expected(reference[key])
+        if not isinstance(value, types_) or (isinstance(value, bool) and bool not in types_):
+            raise ConfigError(f"{where}: {key} must be {kind} (e.g. {reference[key]!r}), got {value!r}")
 
 
 def write_pipeline_config(folder: str | os.PathLike, cfg: dict) -> None:
@@ -87,21 +95,31 @@ def write_pipeline_config(folder: str | os.PathLike, cfg: dict) -> None:
 class Pipeline:
     """Save/load shared by every pipeline: `pipeline.json` + one folder per component.
 
-    Subclasses set `tokenizer_class` / `generator_class` (import paths, resolved lazily) and keep their
-    components in `self.tokenizer` / `self.generator`; `defaults` are sampling settings, `class_names` labels.
+    Subclasses keep their components in `self.tokenizer` / `self.generator`; `defaults` are sampling settings,
+    `class_names` labels. The pair must be one registered family's, with matching sizes (checked here); the
+    component classes of a folder are resolved through the registered families (vision_ar/family.py).
     """
 
-    tokenizer_class: str = ""
-    generator_class: str = ""
-
     def __init__(self, tokenizer, generator, defaults: dict | None = None, class_names: list[str] | None = None):
+        from ..family import family_of
+
+        # a pair from two families, or of other sizes, raises here
+        self.family = family_of(tokenizer=tokenizer, generator=generator)
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
+        check_defaults(defaults or {}, self.default_settings(), f"{type(self).__name__} defaults")
         self.defaults = {**self.default_settings(), **(defaults or {})}
         self.class_names = class_names
 
     def default_settings(self) -> dict:
         return {}
+
+    def check_request(self, class_labels, guidance_scale) -> tuple[list[int], float]:
+        """The one validation of a call's class labels and guidance scale, before any work: every pipeline
+        calls it first (labels in [0, num_classes); a finite guidance >= 0, with the family's "off" value)."""
+        labels = check_class_labels(class_labels, self.num_classes)
+        off = self.family.sampling.no_guidance
+        return labels, check_guidance(guidance_scale, off=f"{off:g} means no guidance for this model")
 
     def setting(self, value, key: str):
         """A call's argument, or the pipeline's default when the caller left it as None."""
@@ -124,17 +142,25 @@ class Pipeline:
                                        "class_names": self.class_names})
         return folder
 
-    @staticmethod
-    def _resolve(path: str):
-        import importlib
-
-        module, name = path.rsplit(".", 1)
-        return getattr(importlib.import_module(module), name)
-
     @classmethod
     def from_pretrained(cls, folder, device: str = "cpu"):
+        from ..family import model_class
+
         folder = Path(folder)
         cfg = read_pipeline_config(folder)
-        tokenizer = cls._resolve(cls.tokenizer_class).from_pretrained(folder / "tokenizer")
-        generator = cls._resolve(cls.generator_class).from_pretrained(folder / "generator")
-        return cls(tokenizer, generator, cfg.get("defaults"), cfg.get("class_names")).to(device)
+        parts = {}
+        for part in ("tokenizer", "generator"):
+            config_path = folder / part / "config.json"
+            if not config_path.is_file():
+                raise MissingFileError(f"{config_path} not found: a pipeline folder holds {PIPELINE_CONFIG} plus "
+                                       f"tokenizer/ and generator/ folders (written by Pipeline.save_pretrained)")
+            try:
+                name = json.loads(config_path.read_text()).get("_class", "")
+            except json.JSONDecodeError as e:
+                raise CheckpointError(f"{config_path} is not valid JSON: {e}") from e
+            parts[part] = model_class(name, role=part).from_pretrained(folder / part)
+        try:
+            pipe = cls(parts["tokenizer"], parts["generator"], cfg.get("defaults"), cfg.get("class_names"))
+        except ConfigError as e:  # its sampling defaults: say which file holds them
+            raise ConfigError(f"{folder / PIPELINE_CONFIG}: {e}; fix the 'defaults' there") from None
+        return pipe.to(device)

@@ -1,20 +1,31 @@
-"""GPTPipeline: 2D VQ tokenizer + next-token GPT + a token sampler (the plain KV-cached loop, or SJD)."""
+"""GPTPipeline: VQ tokenizer + next-token GPT + a token sampler (the plain KV-cached loop, or SJD).
+
+The GPT's token layout (a 2D grid or a 1D sequence, `GPT.token_layout`) says how its drawn tokens are
+shaped for the tokenizer and how many tokens make an image row for SJD's vertical draft initialisation."""
 from __future__ import annotations
 
 import time
 import torch
 
 from ..errors import ConfigError
-from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
+from .base import Pipeline, PipelineOutput, to_output_type
 
-SAMPLERS = ("default", "loop", "sjd")
+SAMPLERS = ("default", "loop", "sjd")  # 'loop' is the default's name inside pipeline.json
+
+
+def sjd_row_width(layout, init: str) -> int:
+    """Tokens per image row for SJD's draft initialisation: a grid's width; a 1D sequence is one long row,
+    which the vertical init (the token one row above) cannot use."""
+    if layout.kind == "sequence":
+        if init == "vertical":
+            raise ConfigError(f"SJD's vertical draft initialisation copies the token one image row above, but this "
+                              f"model's tokens are a 1D sequence ({layout.describe()}) with no rows; use "
+                              f"--sjd-init random, horizontal or horizontal-argmax")
+        return layout.num_tokens
+    return layout.grid_width
 
 
 class GPTPipeline(Pipeline):
-    family = "next-token"
-    tokenizer_class = "vision_ar.tokenizers.vq.VQModel"
-    generator_class = "vision_ar.models.next_token.GPT"
-
     def default_settings(self) -> dict:
         # LlamaGen's CFG convention: uncond + (cond - uncond) * scale, so 1.0 means no guidance.
         return {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
@@ -39,24 +50,26 @@ class GPTPipeline(Pipeline):
         pick = self.setting
         sampler = pick(None if sampler == "default" else sampler, "sampler")
         if sampler not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {sampler!r}; choose 'loop' (plain KV-cached loop) or 'sjd'")
-        labels = check_class_labels(class_labels, self.num_classes)
+            raise ConfigError(f"unknown sampler {sampler!r}; choose 'default' (the plain KV-cached loop) or 'sjd' "
+                              f"(Speculative Jacobi Decoding)")
+        labels, cfg_scale = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         device = next(self.gpt.parameters()).device
         cond = torch.tensor(labels, dtype=torch.long, device=device)
-        settings = dict(cfg_scale=check_guidance(pick(guidance_scale, "guidance_scale")),
+        settings = dict(cfg_scale=cfg_scale,
                         temperature=pick(temperature, "temperature"), top_k=pick(top_k, "top_k"),
                         top_p=pick(top_p, "top_p"), generator=generator)
-        n = self.gpt.config.block_size
+        layout = self.gpt.token_layout
+        n = layout.num_tokens
         t0 = time.perf_counter()
         if sampler == "sjd":
-            tokens, st = sjd_generate(self.gpt, cond, n, window_length=pick(sjd_window, "sjd_window"),
-                                      init=pick(sjd_init, "sjd_init"), return_stats=True, **settings)
+            init = pick(sjd_init, "sjd_init")
+            tokens, st = sjd_generate(self.gpt, cond, n, window_length=pick(sjd_window, "sjd_window"), init=init,
+                                      grid_width=sjd_row_width(layout, init), return_stats=True, **settings)
             stats = st.summary()
         else:
             tokens = generate(self.gpt, cond, n, **settings)
             stats = {"forward_passes": n}
-        side = int(round(n ** 0.5))
-        images = self.vq.decode(tokens.view(len(labels), side, side))
+        images = self.tokenizer.decode(layout.unflatten(tokens))
         stats["seconds"] = time.perf_counter() - t0
         images01 = (images.float() + 1) / 2
         return PipelineOutput(images=to_output_type(images01.clamp(0, 1), output_type), tokens=tokens,

@@ -6,14 +6,10 @@ import time
 import torch
 
 from ..errors import ConfigError
-from .base import Pipeline, PipelineOutput, check_class_labels, check_guidance, to_output_type
+from .base import Pipeline, PipelineOutput, to_output_type
 
 
 class VARPipeline(Pipeline):
-    family = "var"
-    tokenizer_class = "vision_ar.tokenizers.multiscale.MultiScaleVQVAE"
-    generator_class = "vision_ar.models.next_scale.VAR"
-
     def default_settings(self) -> dict:
         # VAR's CFG convention: logits = (1+t) cond - t uncond with t ramped from 0 to cfg over the scales,
         # so cfg=0 means no guidance. top_k/top_p as in VAR's demo.
@@ -39,8 +35,7 @@ class VARPipeline(Pipeline):
             raise ConfigError(f"VAR draws whole scales at once; sampler {sampler!r} does not apply "
                               f"(use the default next-scale sampler)")
         pick = self.setting
-        labels = check_class_labels(class_labels, self.num_classes)
-        cfg = check_guidance(pick(guidance_scale, "guidance_scale"))
+        labels, cfg = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         t0 = time.perf_counter()
         idx_list, images01 = sample_next_scale(
             self.var, self.vae, labels, generator=generator, cfg=cfg, top_k=pick(top_k, "top_k"),
@@ -54,9 +49,9 @@ class VARPipeline(Pipeline):
     def from_official(cls, preset: str, vae_path: str, checkpoint_path: str, device: str = "cpu"):
         """An official VAR release: `vae_ch160v4096z32.pth` + `var_d{16,20,24,30,36}.pth`, loaded as they are."""
         from ..models.next_scale import VAR
-        from ..tokenizers.multiscale import from_official_checkpoint
+        from ..tokenizers.multiscale import MultiScaleVQVAE
 
-        var = VAR.from_official_checkpoint(checkpoint_path, preset=preset)
+        var = VAR.from_official(checkpoint_path, preset)
         # The 512px model (var-d36) uses the same VQ-VAE weights with its own scale schedule.
-        vae = from_official_checkpoint(vae_path, patch_nums=var.config.patch_nums)
+        vae = MultiScaleVQVAE.from_official(vae_path, patch_nums=var.config.patch_nums)
         return cls(vae, var).to(device)

@@ -17,8 +17,9 @@ from typing import Sequence
 
 import torch
 
+from ..conditioning import check_guidance, check_label_range
 from ..errors import ConfigError
-from .logits import check_sampling_args, gumbel_softmax, sample_tokens, var_cfg, var_guidance_ratio
+from .logits import VAR_SAMPLING, check_sampling_args, gumbel_softmax, sample_tokens, var_cfg, var_guidance_ratio
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -58,10 +59,7 @@ def resolve_class_labels(class_labels, batch_size: int | None, num_classes: int,
         if batch_size is not None and batch_size != labels.numel():
             raise ConfigError(f"batch_size={batch_size} but {labels.numel()} class labels were given; drop batch_size "
                               f"or give one label per image.")
-    bad = [int(c) for c in labels.tolist() if not (c == -1 or 0 <= c < num_classes)]
-    if bad:
-        raise ConfigError(f"class ids {bad} are out of range: this model has num_classes={num_classes} "
-                          f"(valid 0..{num_classes - 1}, or -1 for unconditional).")
+    check_label_range(labels.tolist(), num_classes, allow_unconditional=True)
     return torch.where(labels < 0, num_classes, labels)
 
 
@@ -97,9 +95,8 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
 
     Returns (tokens: list of (B, pn_si^2) int64 per scale, images (B, 3, H, W) in [0, 1]).
     """
-    if not cfg >= 0:
-        raise ConfigError(f"cfg={cfg!r} must be >= 0 (0 = no guidance; VAR uses 1.5 for FID, ~4 for visuals).")
-    check_sampling_args(top_k, top_p, temperature)
+    cfg = check_guidance(cfg, name="cfg", off="0 = no guidance; VAR uses 1.5 for FID, ~4 for visuals")
+    check_sampling_args(VAR_SAMPLING, top_k=top_k, top_p=top_p, temperature=temperature)
     _check_pair(var, vae)
     device = var.pos_1LC.device
     if generator is not None and torch.device(generator.device).type != device.type:
@@ -120,7 +117,8 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
         for si, pn in enumerate(var.patch_nums):
             ratio = var_guidance_ratio(si, S)
             logits = var_cfg(var.forward_scale(x, cond_BD), cfg, si, S)  # (B, pn^2, V)
-            drawn = sample_tokens(logits, generator, top_k=top_k, top_p=top_p, temperature=temperature)
+            drawn = sample_tokens(logits, VAR_SAMPLING, generator, top_k=top_k, top_p=top_p,
+                                  temperature=temperature)
             idx_Bl = drawn.tokens
             if not more_smooth:
                 h_BlC = codebook(idx_Bl)

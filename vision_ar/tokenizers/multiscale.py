@@ -11,7 +11,7 @@ The tokenizer interface of the project is `encode(images) -> list of (B,pn,pn)` 
 the other methods mirror the official ones under shorter names (img_to_idxBl -> img_to_idx, idxBl_to_img ->
 idx_to_img, ...), for the VAR transformer, its sampler and VQ-VAE training.
 
-Official checkpoint: `vae_ch160v4096z32.pth` -> `from_official_checkpoint(path)` (preset "var-vqvae-f16").
+Official checkpoint: `vae_ch160v4096z32.pth` -> `MultiScaleVQVAE.from_official(path)` (preset "var-vqvae-f16").
 """
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..io import PretrainedMixin, describe_source, load_state_dict_strict, read_official_checkpoint
 from ..nn.conv_blocks import Decoder, Encoder
 from ..registry import register_preset
+from ..tokens import TokenLayout, image_hw
 from .quantizers import MultiScaleResidualQuantizer
 
 # Image -> latent resolution levels of the official VAR VQ-VAE (latent-diffusion "vq-f16").
@@ -98,6 +99,7 @@ class MultiScaleVQVAEConfig:
 # ----------------------------------------------------------------------------------------------------
 class MultiScaleVQVAE(PretrainedMixin, nn.Module):
     config_class = MultiScaleVQVAEConfig
+    preset_family = "var-tokenizer"
 
     def __init__(self, config: MultiScaleVQVAEConfig):
         super().__init__()
@@ -162,6 +164,15 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         return out
 
     # ---- project tokenizer interface ---------------------------------------------------------------
+    def token_layout(self, image_size=None) -> TokenLayout:
+        """The per-scale pyramid `encode` makes; this tokenizer takes images of one size only."""
+        size = self.image_size
+        if image_size is not None and image_hw(image_size) != (size, size):
+            raise ConfigError(f"this tokenizer takes {size}x{size} images (downsample {self.downsample} x last "
+                              f"patch_num {self.patch_nums[-1]}), got {image_hw(image_size)}. "
+                              f"Resize/crop the images to {size}x{size}.")
+        return TokenLayout.pyramid(self.patch_nums, vocab_size=self.V)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.LongTensor]:
         """images (B,3,H,W) in [-1,1] -> [LongTensor (B,pn,pn) for pn in patch_nums]."""
@@ -202,7 +213,17 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         return self.fhat_to_img(f_hats) if last_one else [self.fhat_to_img(f) for f in f_hats]
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+        return self.decode_latents(f_hat).clamp_(-1, 1)
+
+    # ---- decoder fine-tuning: frozen codes in, trainable decoder out --------------------------------
+    @torch.no_grad()
+    def quantized_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images -> the f_hat the decoder sees (sum of every scale's codes), without gradients."""
+        return self.quantize.f_to_idx_or_fhat(self.img_to_latent(images), to_fhat=True)[-1]
+
+    def decode_latents(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat (B,Cvae,h,w) -> images, not clamped (the decoder half, trained by decoder fine-tuning)."""
+        return self.decoder(self.post_quant_conv(f_hat))
 
     def img_to_reconstructed_img(self, images: torch.Tensor, last_one: bool = False):
         """images -> reconstruction from all scales (last_one) or one per prefix of scales, clamped."""
@@ -219,7 +240,6 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         f_hat, usages, vq_loss = self.quantize(self.img_to_latent(images), ret_usages=ret_usages)
         return self.decoder(self.post_quant_conv(f_hat)), usages, vq_loss
 
-
     def training_forward(self, images: torch.Tensor, forward=None):
         """The tokenizer-training interface (vision_ar.train.tokenizer_task): (reconstruction, vq_loss, stats).
 
@@ -232,9 +252,27 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
                      "code_usage_mean": sum(usages) / len(usages)}
         return rec, vq_loss, stats
 
+    @classmethod
+    def from_official(cls, path_or_state_dict, config: MultiScaleVQVAEConfig | str = "var-vqvae-f16",
+                      **overrides) -> "MultiScaleVQVAE":
+        """Load the official `vae_ch160v4096z32.pth` (a plain state_dict; or the dict itself) into preset
+        "var-vqvae-f16" (or another preset / config), strictly. Eval mode.
+
+        Pass patch_nums=... for the 512px schedule (1,2,3,4,6,9,13,18,24,32); its Phi convs are the same weights.
+        """
+        model = cls.build_for_official(config, overrides)
+        sd = read_official_checkpoint(path_or_state_dict, what="VAR VQ-VAE checkpoint")
+        # The EMA hit table is training statistics sized by the number of scales; like the official loader, keep
+        # our own when a checkpoint made for another scale schedule has a different one.
+        key = "quantize.ema_vocab_hit_SV"
+        if key in sd and sd[key].shape != model.quantize.ema_vocab_hit_SV.shape:
+            sd[key] = model.quantize.ema_vocab_hit_SV.clone()
+        load_state_dict_strict(model, sd, what=f"VAR VQ-VAE checkpoint {describe_source(path_or_state_dict)}")
+        return model.eval()
+
 
 # ----------------------------------------------------------------------------------------------------
-# Presets and the official checkpoint
+# Presets
 # ----------------------------------------------------------------------------------------------------
 @register_preset("var-vqvae-f16", family="var-tokenizer",
                  description="VAR VQ-VAE (official vae_ch160v4096z32.pth): ch160, V4096, Cvae32, 256px, 10 scales")
@@ -242,22 +280,6 @@ def var_vqvae_f16(**overrides) -> MultiScaleVQVAE:
     cfg = MultiScaleVQVAEConfig(vocab_size=4096, z_channels=32, ch=160, share_quant_resi=4,
                                 patch_nums=OFFICIAL_PATCH_NUMS)
     return MultiScaleVQVAE(dataclasses.replace(cfg, **overrides))
-
-
-def from_official_checkpoint(path, **overrides) -> MultiScaleVQVAE:
-    """Load the official `vae_ch160v4096z32.pth` (a plain state_dict) into preset "var-vqvae-f16".
-
-    Pass patch_nums=... for the 512px schedule (1,2,3,4,6,9,13,18,24,32); its Phi convs are the same weights.
-    """
-    model = var_vqvae_f16(**overrides)
-    sd = unwrap_state_dict(load_checkpoint(path, what="VAR VQ-VAE checkpoint"))
-    # The EMA hit table is training statistics sized by the number of scales; like the official loader, keep our
-    # own when a checkpoint made for another scale schedule has a different one.
-    key = "quantize.ema_vocab_hit_SV"
-    if key in sd and sd[key].shape != model.quantize.ema_vocab_hit_SV.shape:
-        sd[key] = model.quantize.ema_vocab_hit_SV.clone()
-    load_state_dict_strict(model, sd, what=f"VAR VQ-VAE checkpoint {path}")
-    return model.eval()
 
 
 @register_preset("var-vqvae-fmnist", family="var-tokenizer",

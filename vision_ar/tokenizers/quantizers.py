@@ -146,7 +146,9 @@ class MultiScaleResidualQuantizer(nn.Module):
 
         # Per-scale EMA of code hits (training statistics; part of the official state_dict).
         self.register_buffer("ema_vocab_hit_SV", torch.full((S, self.vocab_size), fill_value=0.0))
-        self.record_hit = 0  # training steps seen: a plain counter, not saved (as in the official code)
+        # Training steps seen (it picks the EMA momentum below). A plain attribute, so the state_dict keeps the
+        # official keys; training checkpoints save it through training_state().
+        self.record_hit = 0
         self.embedding = nn.Embedding(self.vocab_size, self.Cvae)
         # Dead-code restart (not in the official code, which publishes no tokenizer training): every
         # `dead_code_restart` training steps, codes that no scale picked since the last restart are moved onto
@@ -270,6 +272,13 @@ class MultiScaleResidualQuantizer(nn.Module):
             ema.mul_(0.9).add_(hit_V.mul(0.1))
         else:
             ema.mul_(0.99).add_(hit_V.mul(0.01))
+
+    def training_state(self) -> dict:
+        """What training reads besides the state_dict (saved in training checkpoints for an exact resume)."""
+        return {"record_hit": self.record_hit}
+
+    def load_training_state(self, state: dict) -> None:
+        self.record_hit = int(state["record_hit"])
 
     def usages(self, vectors_per_batch: int) -> list[float]:
         """Per scale, % of codes whose EMA hit count reaches 8% of a uniform share of one (global) batch."""

@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..io import PretrainedMixin, load_checkpoint, load_state_dict_strict, unwrap_state_dict
+from ..io import PretrainedMixin, load_state_dict_strict, read_official_checkpoint
+from ..nn.conv_blocks import Decoder, Encoder
 from ..registry import register_preset
-from .llamagen_conv import Decoder, Encoder
+from ..tokens import TokenLayout, image_hw
+from .llamagen_conv import LLAMAGEN_CONV_BODY
 
 USAGE_WINDOW = 65536  # length of the official `codebook_used` buffer
 
@@ -149,14 +151,15 @@ class VectorQuantizer(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 class VQModel(PretrainedMixin, nn.Module):
     config_class = VQConfig
+    preset_family = "vq-tokenizer"
 
     def __init__(self, config: VQConfig):
         super().__init__()
         self.config = cfg = config
-        self.encoder = Encoder(cfg.in_channels, cfg.ch, cfg.encoder_ch_mult, cfg.num_res_blocks, cfg.dropout_p,
-                               cfg.z_channels)
-        self.decoder = Decoder(cfg.z_channels, cfg.ch, cfg.decoder_ch_mult, cfg.num_res_blocks, cfg.dropout_p,
-                               cfg.out_channels)
+        body = dict(ch=cfg.ch, num_res_blocks=cfg.num_res_blocks, dropout=cfg.dropout_p, z_channels=cfg.z_channels,
+                    style=LLAMAGEN_CONV_BODY)  # attention at the deepest level and in the middle, as official
+        self.encoder = Encoder(in_channels=cfg.in_channels, ch_mult=cfg.encoder_ch_mult, **body)
+        self.decoder = Decoder(out_channels=cfg.out_channels, ch_mult=cfg.decoder_ch_mult, **body)
         self.quantize = VectorQuantizer(cfg)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.codebook_embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_embed_dim, cfg.z_channels, 1)
@@ -179,6 +182,15 @@ class VQModel(PretrainedMixin, nn.Module):
             raise ConfigError(f"image size {tuple(images.shape[2:])} is not divisible by the downsampling factor "
                               f"{f}; resize or crop to a multiple of {f}.")
 
+    def token_layout(self, image_size) -> TokenLayout:
+        """The (H/f, W/f) code grid `encode` makes of images of `image_size` (an int or (H, W))."""
+        h, w = image_hw(image_size)
+        f = self.downsample
+        if h % f or w % f:
+            raise ConfigError(f"image size {(h, w)} is not divisible by the downsampling factor {f}; resize or crop "
+                              f"to a multiple of {f}.")
+        return TokenLayout.grid(h // f, w // f, vocab_size=self.codebook_size)
+
     # --- images -> tokens ----------------------------------------------------------------------------
     def encode_with_latents(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """images -> (quantised latents (B, e_dim, h, w), ids (B, h, w)). Official `encode(x)[0]` / `[2][2]`."""
@@ -190,6 +202,11 @@ class VQModel(PretrainedMixin, nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [-1, 1] -> code ids (B, H/f, W/f) int64, raster order when flattened."""
         return self.encode_with_latents(images)[1]
+
+    @torch.no_grad()
+    def quantized_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images -> the code vectors the decoder sees, without gradients (decoder fine-tuning)."""
+        return self.encode_with_latents(images)[0]
 
     # --- tokens -> images ----------------------------------------------------------------------------
     def decode_latents(self, quant: torch.Tensor) -> torch.Tensor:
@@ -242,21 +259,15 @@ class VQModel(PretrainedMixin, nn.Module):
         return rec, quant_loss, stats
 
     # --- official checkpoints ------------------------------------------------------------------------
-    def load_official_state_dict(self, sd) -> "VQModel":
-        sd = unwrap_state_dict(sd, prefer=("model", "state_dict", "ema"))
-        load_state_dict_strict(self, sd, what="LlamaGen VQ checkpoint")
-        return self
-
     @classmethod
-    def from_official(cls, path, config: VQConfig | str = "vq-16", **overrides) -> "VQModel":
-        """`VQModel.from_official("vq_ds16_c2i.pt", "vq-16")`."""
-        if isinstance(config, str):
-            from ..registry import create
-
-            model = create(config, **overrides)
-        else:
-            model = cls(config.replace(**overrides) if overrides else config)
-        return model.load_official_state_dict(load_checkpoint(path, "LlamaGen VQ checkpoint")).eval()
+    def from_official(cls, path_or_state_dict, config: VQConfig | str = "vq-16", **overrides) -> "VQModel":
+        """`VQModel.from_official("vq_ds16_c2i.pt", "vq-16")`: the weights under "model" (or a plain
+        state_dict, or the dict itself), loaded strictly into the preset or config. Returns it in eval mode."""
+        what = "LlamaGen VQ checkpoint"
+        sd = read_official_checkpoint(path_or_state_dict, what, prefer=("model", "state_dict", "ema"))
+        model = cls.build_for_official(config, overrides)
+        load_state_dict_strict(model, sd, what=what)
+        return model.eval()
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,5 +1,10 @@
 """Training checkpoints: everything needed to continue a run as if it had never stopped.
 
+Besides state_dicts, a module may keep state that later training steps read but that must stay out of its
+state_dict (to keep an official checkpoint's keys): it then defines `training_state() -> dict` and
+`load_training_state(state)`, and the loop saves that state for every such sub-module (see
+`module_training_state`).
+
 `out_dir/latest.pt` is written to a temporary name and renamed (vision_ar.io.atomic_torch_save), so a crash
 during the write leaves the previous latest.pt intact. With keep_last_ckpts = k > 0 the last k checkpoints
 are also kept as `ckpt_<step>.pt` (hard links to the same bytes). The file is read back with
@@ -8,7 +13,6 @@ numpy RNG state is converted to a tensor for that reason).
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -18,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_torch_save, atomic_write_text, load_checkpoint
+from ..io import atomic_torch_save, load_checkpoint
 
 CKPT_FORMAT = "vision_ar.train_ckpt.v1"
 LATEST = "latest.pt"
@@ -28,6 +32,14 @@ METRICS = "metrics.jsonl"
 # ----------------------------------------------------------------------------------------------------
 # RNG states (python, numpy, torch CPU, every CUDA device)
 # ----------------------------------------------------------------------------------------------------
+def seed_everything(seed: int, rank: int = 0) -> None:
+    """Seed python, numpy and torch (CPU and every CUDA device) from the run's seed: everything a run draws,
+    model initialisation included, follows from it. Each rank gets its own stream (seed + rank)."""
+    random.seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    torch.manual_seed(seed + rank)
+
+
 def capture_rng_state() -> dict:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
@@ -54,6 +66,24 @@ def restore_rng_state(state: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Module state outside the state_dict
+# ----------------------------------------------------------------------------------------------------
+def module_training_state(model: torch.nn.Module) -> dict:
+    """{sub-module name: its training_state()} for every sub-module that defines one."""
+    return {name: m.training_state() for name, m in model.named_modules() if callable(getattr(m, "training_state", None))}
+
+
+def load_module_training_state(model: torch.nn.Module, state: dict, path) -> None:
+    modules = dict(model.named_modules())
+    for name, sub in state.items():
+        target = modules.get(name)
+        if target is None or not callable(getattr(target, "load_training_state", None)):
+            raise CheckpointError(f"{path} holds training state for sub-module {name!r}, which this model does not "
+                                  f"have (or which keeps none): resume with the model config the run started with.")
+        target.load_training_state(sub)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Files
 # ----------------------------------------------------------------------------------------------------
 def save_training_checkpoint(state: dict, out_dir: Path, step: int, keep_last: int = 0) -> Path:
@@ -75,6 +105,20 @@ def save_training_checkpoint(state: dict, out_dir: Path, step: int, keep_last: i
     return latest
 
 
+def remove_stale_temporaries(out_dir: Path) -> list[Path]:
+    """Delete what writes interrupted by a kill left in a run folder: temporary checkpoint and metrics files
+    (`.latest.pt.*.tmp`), checkpoint links, and half-written `final/` folders. Returns what was removed."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return []
+    stale = []
+    for pattern in (f".{LATEST}.*.tmp", f".{METRICS}.*.tmp", ".ckpt_*.pt.link", ".final.*"):
+        stale += sorted(out_dir.glob(pattern))
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return stale
+
+
 def load_training_checkpoint(path: Path) -> dict:
     ckpt = load_checkpoint(path, what="training checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
@@ -82,19 +126,3 @@ def load_training_checkpoint(path: Path) -> dict:
                               f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}). "
                               f"Use another out_dir, or pass resume=False to start over (it will be overwritten).")
     return ckpt
-
-
-def truncate_metrics(out_dir: Path, step: int) -> None:
-    """Drop metric lines logged after `step` (by a run killed after its last checkpoint): the resumed run
-    logs those steps again, so the file keeps exactly one line per log step."""
-    path = Path(out_dir) / METRICS
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError, TypeError):
-            continue  # a line cut short by the kill
-    atomic_write_text("".join(k + "\n" for k in keep), path)

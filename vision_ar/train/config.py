@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..validation import check_dataclass_types
 
 
 @dataclass
@@ -23,8 +24,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0          # the decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0             # max global grad norm; 0 = no clipping (the norm is still logged)
     # ---- GAN discriminator (tasks that define one)
-    disc_lr: float | None = None       # None = lr
-    disc_start_step: int = 0           # the discriminator is trained from this step on
+    disc_lr: float | None = None       # None = lr (the GAN phase starts at the task's disc_start)
     # ---- EMA
     ema_decay: float = 0.0             # 0 = no EMA
     ema_every: int = 1                 # update the EMA every k optimizer steps
@@ -42,8 +42,11 @@ class TrainConfig:
     fsdp: bool = False                 # shard params/grads/optimizer state (FSDP2) instead of DDP, for 1B+ models
     max_nonfinite_in_row: int = 5      # stop with an error after this many skipped steps in a row
     num_workers: int = 0               # DataLoader workers (0 = in-process: bit-exact resume incl. augmentation)
+    # ---- resuming
+    allow_changed_settings: bool = False  # resume although settings differ from the checkpoint's (recorded)
 
     def __post_init__(self):
+        check_dataclass_types(self, "TrainConfig", fix=" (a --set value from the command line is read as JSON)")
         if isinstance(self.betas, list):
             self.betas = tuple(self.betas)
         self.validate()
@@ -53,7 +56,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"TrainConfig: {msg}")
 
-        need(self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
+        need(self.max_steps >= 1, f"max_steps (--steps) must be >= 1, got {self.max_steps}: a run of no steps "
+                                   f"would only write untrained weights")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")
         need(self.batch_size >= 1 and self.batch_size % (self.grad_accum * world_size) == 0,
              f"batch_size {self.batch_size} must be a positive multiple of grad_accum ({self.grad_accum}) x "
@@ -73,7 +77,6 @@ class TrainConfig:
              f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         need(self.max_nonfinite_in_row >= 1, "max_nonfinite_in_row must be >= 1")
         need(self.num_workers >= 0, "num_workers must be >= 0")
-        need(self.disc_start_step >= 0, "disc_start_step must be >= 0")
         need(self.disc_lr is None or self.disc_lr > 0, "disc_lr must be > 0 (or None = lr)")
 
     def micro_batch_size(self, world_size: int = 1) -> int:

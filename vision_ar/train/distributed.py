@@ -1,4 +1,6 @@
-"""Process setup and model wrapping for one process, torchrun DDP, or FSDP2 (fully_shard).
+"""Model wrapping and full state dicts for one process, torchrun DDP, or FSDP2 (fully_shard).
+
+The process setup (device, rank, process group) is `vision_ar/distributed.py`, shared with evaluation.
 
 Under torchrun (WORLD_SIZE > 1) every process trains on its own slice of each batch; DDP all-reduces the
 gradients, FSDP additionally shards parameters, gradients and optimizer state for models too big to copy.
@@ -7,78 +9,11 @@ Checkpoints always hold FULL (unsharded) CPU state dicts, so a run may resume wi
 from __future__ import annotations
 
 import contextlib
-import os
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
-from ..errors import ConfigError
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    initialized_here: bool = False  # we created the process group, so we destroy it at the end
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def setup_distributed(device: str = "auto") -> DistInfo:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        dev = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device(f"cuda:{local_rank}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} asked for CUDA but none is available; use device='cpu'")
-        torch.cuda.set_device(dev)
-    info = DistInfo(rank, world_size, local_rank, dev)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        info.initialized_here = True
-    return info
-
-
-def teardown_distributed(info: DistInfo) -> None:
-    if info.initialized_here and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(info: DistInfo) -> None:
-    if info.distributed:
-        dist.barrier()
-
-
-def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.distributed:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        x /= info.world_size
-    return x
-
-
-def all_gather_object(obj, info: DistInfo) -> list:
-    if not info.distributed:
-        return [obj]
-    out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
+from ..distributed import DistInfo
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -20,6 +20,9 @@ class NextScaleTask:
         self.patch_nums = tuple(vae.config.patch_nums)
         self.label_smoothing = label_smoothing
 
+    def settings(self) -> dict:  # compared on resume
+        return {"label_smoothing": self.label_smoothing, "patch_nums": list(self.patch_nums)}
+
     def loss(self, model, batch, step):
         tokens, labels = batch[0], batch[1]
         sizes = [p * p for p in self.patch_nums]
@@ -39,6 +42,9 @@ class NextTokenTask:
     def __init__(self, gpt: nn.Module, label_smoothing: float = 0.0):
         self.model = gpt
         self.label_smoothing = label_smoothing
+
+    def settings(self) -> dict:  # compared on resume
+        return {"label_smoothing": self.label_smoothing}
 
     def loss(self, model, batch, step):
         tokens, labels = batch[0], batch[1]

@@ -1,28 +1,57 @@
-"""What `vision-ar train` runs: build data, model and task from the command line, then call the one loop.
+"""What `vision-ar train` runs: build data, model and task from a typed request, then call the one loop.
+
+    train_tokenizer(TokenizerRequest(model="vq-fmnist", out="runs/vq"))
+    train_generator(GeneratorRequest(model="gpt-fmnist", tokenizer="runs/vq/final", out="runs/gpt"))
 
 A tokenizer run writes `OUT/final/` (the EMA or raw tokenizer). A generator run first caches the tokenizer's
 codes of the whole dataset (`OUT/tokens.safetensors`, keyed by tokenizer weights + data), trains on them,
 and writes `OUT/final/` (the generator) and `OUT/pipeline/` (tokenizer + generator, loadable by
-`vision-ar sample --model OUT/pipeline`).
+`vision-ar sample --model OUT/pipeline`). Which generator fits which tokenizer, how it is sized and which task
+trains it is each family's declaration (vision_ar/family.py); nothing here names a family's classes.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError, MissingFileError
-from ..registry import create, get_preset, list_presets
+from ..registry import all_presets, create, get_preset
+from .tokenizer_task import TokenizerLossConfig
 
-TOKENIZER_FAMILIES = ("var-tokenizer", "vq-tokenizer")
+
+# ----------------------------------------------------------------------------------------------------
+# Requests: what to train (built by `vision_ar/commands/train.py` from the command line, or by hand)
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class TokenizerRequest:
+    model: str                                  # a tokenizer preset or a config.json
+    out: str                                    # run folder
+    data: str = "fashion-mnist"                 # 'fashion-mnist' or an ImageNet-style class folder
+    image_size: int | None = None               # centre-crop size for a class folder
+    limit: int | None = None                    # only the first N training images
+    model_overrides: dict = field(default_factory=dict)   # model config fields
+    train_overrides: dict = field(default_factory=dict)   # TrainConfig fields
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+    init: str | None = None                     # start from this trained tokenizer folder (e.g. decoder fine-tuning)
+
+
+@dataclass
+class GeneratorRequest:
+    model: str                                  # a generator preset or a config.json
+    tokenizer: str                              # the trained tokenizer's folder (a tokenizer run's OUT/final)
+    out: str
+    data: str = "fashion-mnist"
+    image_size: int | None = None
+    limit: int | None = None
+    model_overrides: dict = field(default_factory=dict)
+    train_overrides: dict = field(default_factory=dict)
 
 
 def list_models():
-    from ..registry import _PRESETS
-
-    list_presets()  # imports every preset module
-    return [(n, f"[{p.family}] {p.description}") for n, p in sorted(_PRESETS.items())]
+    return [(p.name, f"[{p.family}] {p.description}") for p in all_presets()]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -44,53 +73,39 @@ def build_dataset(data: str, image_size: int | None, split: str = "train", limit
     return ds
 
 
-def _model_class(name: str):
-    from ..models.next_scale import VAR
-    from ..models.next_token import GPT
-    from ..tokenizers.multiscale import MultiScaleVQVAE
-    from ..tokenizers.vq import VQModel
+def build_model(spec: str, overrides: dict, groups: tuple[str, ...], role: str | None = None):
+    """A preset name (of one of the preset `groups`), or a config.json written by save_pretrained (its `_class`
+    says which model)."""
+    from ..family import model_class
 
-    classes = {c.__name__: c for c in (VAR, GPT, MultiScaleVQVAE, VQModel)}
-    if name not in classes:
-        raise ConfigError(f"unknown model class {name!r} in config.json; known: {sorted(classes)}")
-    return classes[name]
-
-
-def build_model(spec: str, overrides: dict, families: tuple[str, ...]):
-    """A preset name, or a config.json written by save_pretrained (its `_class` says which model)."""
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
         cfg = json.loads(path.read_text())
-        cls = _model_class(cfg.get("_class", ""))
+        cls = model_class(cfg.get("_class", ""), role=role)
         return cls(cls.config_from_dict({**cfg, **overrides}))
     preset = get_preset(spec)
-    if preset.family not in families:
-        raise ConfigError(f"preset '{spec}' is a {preset.family} model; this command trains {' / '.join(families)} "
+    if preset.family not in groups:
+        raise ConfigError(f"preset '{spec}' is a {preset.family} model; this command trains {' / '.join(groups)} "
                           f"models (see `vision-ar train --list`)")
     return create(spec, **overrides)
 
 
 def load_model_folder(folder: str | Path):
+    from ..family import model_class
+
     folder = Path(folder)
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise MissingFileError(f"{cfg_path} not found: pass a folder written by save_pretrained "
                                f"(e.g. a tokenizer run's OUT/final)")
-    cls = _model_class(json.loads(cfg_path.read_text()).get("_class", ""))
+    cls = model_class(json.loads(cfg_path.read_text()).get("_class", ""))
     return cls.from_pretrained(folder)
 
 
-def _train_config(args, overrides: dict, defaults: dict):
+def _train_config(out: str, overrides: dict, defaults: dict):
     from .config import TrainConfig
 
-    return TrainConfig(**{**defaults, **overrides, "out_dir": args.out})
-
-
-def _model_overrides(args) -> dict:
-    """--model-set k=v pairs; the model's config dataclass rejects unknown fields with the list of known ones."""
-    from ..commands.train import parse_overrides
-
-    return parse_overrides(args.model_set, None, "model config")
+    return TrainConfig(**{**defaults, **overrides, "out_dir": out})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -100,18 +115,21 @@ TOKENIZER_DEFAULTS = dict(lr=3e-4, weight_decay=0.0, betas=(0.5, 0.9), warmup_st
                           min_lr_ratio=0.1, batch_size=32, ema_decay=0.999, ckpt_every=250, log_every=25)
 
 
-def train_tokenizer(args, train_overrides: dict):
+def train_tokenizer(req: TokenizerRequest):
+    from ..family import families_of_tokenizer, list_families
+    from .checkpoint import seed_everything
     from .loop import train
-    from .tokenizer_task import TokenizerLossConfig, TokenizerTask
 
-    model = build_model(args.model, _model_overrides(args), TOKENIZER_FAMILIES)
+    groups = tuple(dict.fromkeys(f.tokenizer_presets for f in list_families()))
+    if req.loss.decoder_only and not req.init:
+        raise ConfigError("--decoder-only fine-tunes a trained tokenizer: pass --init FOLDER (e.g. runs/fm_vq/final)")
+    cfg = _train_config(req.out, req.train_overrides, TOKENIZER_DEFAULTS)
+    seed_everything(cfg.seed)  # initialisation is part of the run: the same command gives the same weights
+    model = load_model_folder(req.init) if req.init else build_model(req.model, req.model_overrides, groups,
+                                                                      role="tokenizer")
     model.train().requires_grad_(True)
-    dataset = build_dataset(args.data, args.image_size, limit=args.limit)
-    loss_cfg = TokenizerLossConfig(lpips_weight=args.lpips_weight, lpips_vgg_path=args.lpips_vgg,
-                                   lpips_lin_path=args.lpips_lin, disc_weight=args.disc_weight,
-                                   disc_start=args.disc_start)
-    task = TokenizerTask(model, loss_cfg)
-    cfg = _train_config(args, train_overrides, {**TOKENIZER_DEFAULTS, "disc_start_step": args.disc_start})
+    dataset = build_dataset(req.data, req.image_size, limit=req.limit)
+    task = families_of_tokenizer(model)[0].make_tokenizer_task(model, req.loss)
     return train(task, dataset, cfg)
 
 
@@ -122,52 +140,67 @@ GENERATOR_DEFAULTS = dict(lr=4e-4, weight_decay=0.05, betas=(0.9, 0.95), warmup_
                           min_lr_ratio=0.05, batch_size=64, ema_decay=0.999, ckpt_every=250, log_every=25)
 
 
-def _generator_for(tokenizer, spec: str, overrides: dict):
-    from ..models.next_scale import VAR
-    from ..tokenizers.multiscale import MultiScaleVQVAE
+def _generator_family(tokenizer, spec: str):
+    """The family of `tokenizer` whose generator `spec` names (a preset of its group, or a config.json)."""
+    from ..family import families_of_tokenizer, model_class
 
-    if isinstance(tokenizer, MultiScaleVQVAE):
-        # vocabulary, code width and scales come from the tokenizer, so they cannot disagree
-        overrides = {"vocab_size": tokenizer.config.vocab_size, "Cvae": tokenizer.config.z_channels,
-                     "patch_nums": tuple(tokenizer.config.patch_nums), **overrides}
-        gen = build_model(spec, overrides, ("var",))
+    fams = families_of_tokenizer(tokenizer)
+    path = Path(spec)
+    if path.suffix == ".json" and path.is_file():
+        cls = model_class(json.loads(path.read_text()).get("_class", ""), role="generator")
+        fits = [f for f in fams if issubclass(cls, f.generator_class)]
+        what = f"{cls.__name__} (from {spec})"
     else:
-        overrides = {"vocab_size": tokenizer.config.codebook_size, **overrides}
-        gen = build_model(spec, overrides, ("next-token",))
-    if isinstance(tokenizer, MultiScaleVQVAE) != isinstance(gen, VAR):
-        raise ConfigError(f"generator {spec} does not fit tokenizer {type(tokenizer).__name__}: VAR needs a "
-                          f"multi-scale VQ-VAE, a next-token GPT a 2D VQ tokenizer")
-    return gen
+        group = get_preset(spec).family
+        fits = [f for f in fams if f.generator_presets == group]
+        what = f"preset '{spec}' ({group})"
+    if not fits:
+        want = " or ".join(f"a {f.name} generator ({f.generator_presets} presets)" for f in fams)
+        raise ConfigError(f"generator {what} does not fit tokenizer {type(tokenizer).__name__} (family "
+                          f"{', '.join(f.name for f in fams)}): it needs {want}; see `vision-ar train --list`")
+    return fits[0]
 
 
-def train_generator(args, train_overrides: dict):
+def _image_size(dataset):
+    first = dataset[0]
+    images = first[0] if isinstance(first, (tuple, list)) else first
+    return tuple(images.shape[-2:])
+
+
+def train_generator(req: GeneratorRequest):
     from ..data import CachedTokens, cache_tokenizer_outputs
-    from ..models.next_scale import VAR
-    from .generator_tasks import NextScaleTask, NextTokenTask
-    from .loop import train
+    from .checkpoint import seed_everything
+    from .loop import check_before_writing, train
 
-    tokenizer = load_model_folder(args.tokenizer).eval()
-    dataset = build_dataset(args.data, args.image_size, limit=args.limit)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    encode = tokenizer.img_to_idx if hasattr(tokenizer, "img_to_idx") else tokenizer.encode
-    cache = cache_tokenizer_outputs(encode, dataset, out / "tokens.safetensors", batch_size=256,
-                                    tokenizer=tokenizer, progress=True)
-    tokens = CachedTokens(cache)
-    gen = _generator_for(tokenizer, args.model, _model_overrides(args))
+    cfg = _train_config(req.out, req.train_overrides, GENERATOR_DEFAULTS)
+    tokenizer = load_model_folder(req.tokenizer).eval()
+    family = _generator_family(tokenizer, req.model)
+    dataset = build_dataset(req.data, req.image_size, limit=req.limit)
+    layout = tokenizer.token_layout(_image_size(dataset))
+    # The generator is built (and checked against the data) before anything is written to the run folder.
+    seed_everything(cfg.seed)  # initialisation is part of the run: the same command gives the same weights
+    overrides = {**family.size_generator(tokenizer, layout), **req.model_overrides}
+    gen = build_model(req.model, overrides, (family.generator_presets,), role="generator")
+    family.check_pair(tokenizer, gen, layout)
     num_classes = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", []))
     if num_classes and gen.config.num_classes != num_classes:
         raise ConfigError(f"the data has {num_classes} classes but the generator preset has "
                           f"{gen.config.num_classes}; add --model-set num_classes={num_classes}")
-    task = NextScaleTask(gen, tokenizer) if isinstance(gen, VAR) else NextTokenTask(gen)
-    cfg = _train_config(args, train_overrides, GENERATOR_DEFAULTS)
-    result = train(task, _FlatTokens(tokens), cfg)
+    check_before_writing(cfg, len(dataset))
+    out = Path(req.out)
+    encode, cache_layout = family.tokens_to_cache(tokenizer, layout)
+    cache = cache_tokenizer_outputs(encode, dataset, out / "tokens.safetensors", batch_size=256,
+                                    tokenizer=tokenizer, token_layout=cache_layout, progress=True)
+    tokens = CachedTokens(cache)
+    task = family.generator_task(gen, tokenizer)
+    result = train(task, FlatTokens(tokens), cfg)
     write_pipeline(tokenizer, out / "final", out / "pipeline", class_names=getattr(dataset, "classes", None))
     return result
 
 
-class _FlatTokens(torch.utils.data.Dataset):
-    """Cached codes as one (L,) tensor per sample: per-scale lists concatenated, grids flattened."""
+class FlatTokens(torch.utils.data.Dataset):
+    """Cached tokens as one (flat_size,) tensor per sample in `TokenLayout.flatten` order (per-scale grids
+    concatenated, grids row-major), in the cache's dtype: int64 codes, float latents stay float."""
 
     def __init__(self, cached):
         self.cached = cached
@@ -176,19 +209,15 @@ class _FlatTokens(torch.utils.data.Dataset):
         return len(self.cached)
 
     def __getitem__(self, i):
-        tokens = self.cached.tokens[i].long()
-        return tokens, int(self.cached.labels[i])
+        return self.cached.tokens[i].to(self.cached.dtype), int(self.cached.labels[i])
 
 
 def write_pipeline(tokenizer, generator_folder: Path, out: Path, class_names=None, defaults: dict | None = None):
-    """Join a tokenizer and a trained generator into a pipeline folder."""
-    generator = load_model_folder(generator_folder)
-    from ..models.next_scale import VAR
+    """Join a tokenizer and a trained generator into its family's pipeline folder."""
+    from ..family import family_of
 
-    if isinstance(generator, VAR):
-        from ..pipelines.var import VARPipeline as Pipe
-    else:
-        from ..pipelines.gpt import GPTPipeline as Pipe
-    pipe = Pipe(tokenizer, generator, defaults, list(class_names) if class_names else None)
+    generator = load_model_folder(generator_folder)
+    pipe_class = family_of(tokenizer=tokenizer, generator=generator).pipeline_class
+    pipe = pipe_class(tokenizer, generator, defaults, list(class_names) if class_names else None)
     pipe.save_pretrained(out)
     return out

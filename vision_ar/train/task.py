@@ -9,22 +9,28 @@ and optionally
 
     param_groups(model, weight_decay)       -> optimizer param groups (default: `default_param_groups`)
     discriminator                           nn.Module of a GAN tokenizer (None = no GAN)
+    disc_start                              the step the GAN phase starts at (default 0); `gan_started`
+                                               below is the one test of it, for the loop and the task
     disc_loss(model, disc, batch, step)     -> (scalar loss tensor, metrics); trained by a second AdamW with
-                                               the same schedule, stepped after the generator, from
-                                               TrainConfig.disc_start_step on; a None loss = nothing
-                                               to train for this step
+                                               the same schedule, stepped after the generator, once
+                                               gan_started(task, step); a None loss = nothing to train
+                                               for this step
     on_checkpoint(step, out_dir, model, ema_model)   called on rank 0 after each checkpoint (samples, evals)
+    settings()                              -> dict of the task's own settings (loss weights...): saved in
+                                               checkpoints; a resume that changes them is refused unless
+                                               allowed (vision_ar/train/settings.py)
 
 `model` passed to `loss` is the wrapped module (DDP/FSDP): call it (forward) so gradients are synchronised;
-use `unwrap(model)` for attributes and other methods. During the generator's backward the discriminator's
-parameters are frozen (requires_grad False), so the task may call `self.discriminator` for the adversarial
-term. `disc` passed to `disc_loss` is the (possibly DDP-wrapped) discriminator; `model` there is the raw
+use `unwrap(model)` for attributes and other methods. The loop runs the generator's forward and backward
+inside `frozen(discriminator)` (requires_grad False), so the task may call `self.discriminator` for the
+adversarial term without freezing it itself. `disc` passed to `disc_loss` is the (possibly DDP-wrapped) discriminator; `model` there is the raw
 generator (a task usually re-uses the reconstruction it kept from `loss`, detached).
 
 Subclass `TrainTask` for the defaults, or write a plain class with the same attributes.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -45,6 +51,27 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
+
+
+def gan_started(task, step: int) -> bool:
+    """Whether the GAN phase (adversarial term and discriminator training) is on at optimizer step `step`."""
+    return getattr(task, "discriminator", None) is not None and step >= getattr(task, "disc_start", 0)
+
+
+@contextmanager
+def frozen(module: nn.Module | None):
+    """Parameters of `module` receive no gradients inside the block (the discriminator during the generator's
+    step); their requires_grad flags are restored afterwards."""
+    if module is None:
+        yield
+        return
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in zip(module.parameters(), flags):
+            p.requires_grad_(f)
 
 
 def default_param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -74,6 +101,7 @@ class TrainTask:
     """Base class with the optional parts filled in; a family overrides `loss` (and the GAN parts)."""
 
     discriminator: nn.Module | None = None
+    disc_start: int = 0
 
     def __init__(self, model: nn.Module):
         self.model = model

@@ -1,6 +1,6 @@
 """Optional tokenizer losses: LPIPS perceptual loss and a PatchGAN discriminator.
 
-Both are shared by every tokenizer family (2D VQ, multi-scale VQ, KL-VAE). Pretrained weights are never
+Both are shared by every tokenizer (2D VQ, multi-scale VQ, ...). Pretrained weights are never
 downloaded: LPIPS takes local paths to a torchvision VGG16 state_dict and to the LPIPS linear-layer weights
 (the `vgg.pth` of the LPIPS project, keys `lin{i}.model.1.weight`).
 """

@@ -1,7 +1,12 @@
-"""Training task for every discrete or continuous tokenizer (multi-scale VQ, 2D VQ, KL-VAE).
+"""Training task shared by the tokenizers (multi-scale VQ, 2D VQ, and any tokenizer with `training_forward`).
 
 loss = recon (L1 or L2) + quantizer loss (commitment + codebook, or KL) + lpips_weight * LPIPS
-       + disc_weight * adversarial (after `disc_start` steps)
+       + disc_weight * adversarial (from step `disc_start` on, when the discriminator is trained too)
+
+`decoder_only=True` fine-tunes the decoder of a trained tokenizer on frozen codes (encoder, quantizer and
+codebook untouched and in eval mode, so no code usage statistics or dead-code restarts change them): the codes
+of every image stay the same, so a generator trained on them keeps working while its images get sharper.
+The tokenizer then exposes `quantized_latents(images)` (no grad) and `decode_latents(latents)` (unclamped).
 
 The tokenizer exposes `training_forward(images) -> (reconstruction, quantizer_loss, stats)`; `stats` is a
 dict of floats (codebook usage, perplexity...) that goes to metrics.jsonl. The official VAR repository
@@ -10,13 +15,14 @@ adaptive weight: it needs the decoder's last-layer gradient and makes resume dep
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .task import unwrap
+from .task import gan_started, unwrap
 from .tokenizer_losses import LPIPS, PatchDiscriminator, generator_adv_loss, hinge_d_loss
 
 
@@ -28,9 +34,14 @@ class TokenizerLossConfig:
     lpips_vgg_path: str | None = None
     lpips_lin_path: str | None = None
     disc_weight: float = 0.0           # > 0 turns the PatchGAN on
-    disc_start: int = 0                # step from which the adversarial loss counts
+    disc_start: int = 0                # step of the GAN phase: adversarial loss and discriminator training
     disc_channels: int = 64
     disc_layers: int = 2
+    decoder_only: bool = False         # fine-tune the decoder on frozen codes (see the module docstring)
+
+
+# the trainable half under decoder_only (both VQ families name it so)
+_DECODER_PARTS = ("decoder", "post_quant_conv")
 
 
 def _images(batch):
@@ -51,13 +62,46 @@ class TokenizerTask:
             self.lpips = LPIPS.from_local(cfg.lpips_vgg_path, cfg.lpips_lin_path)
         self.discriminator = PatchDiscriminator(ch=cfg.disc_channels, n_layers=cfg.disc_layers) \
             if cfg.disc_weight > 0 else None
+        if cfg.decoder_only:
+            missing = [m for m in ("quantized_latents", "decode_latents") if not hasattr(tokenizer, m)]
+            if missing:
+                from ..errors import ConfigError
+
+                raise ConfigError(f"decoder_only fine-tuning needs {type(tokenizer).__name__}."
+                                  f"{' and .'.join(missing)}(); this tokenizer does not provide it")
+            self.frozen = [m for name, m in tokenizer.named_children() if name not in _DECODER_PARTS]
+            for m in self.frozen:
+                m.requires_grad_(False)
+
+    def _reconstruct(self, model, x):
+        """(reconstruction, quantizer loss, stats): the whole tokenizer, or the decoder on frozen codes."""
+        if not self.cfg.decoder_only:
+            return unwrap(model).training_forward(x, forward=model)
+        tok = unwrap(model)
+        modes = [m.training for m in self.frozen]
+        for m in self.frozen:
+            m.eval()  # eval: the quantizer must not count hits or restart codes
+        try:  # in fp32 even under autocast: the codes must be exactly those the generator was trained on
+            with torch.autocast(x.device.type, enabled=False):
+                z = tok.quantized_latents(x.float())
+        finally:
+            for m, mode in zip(self.frozen, modes):
+                m.train(mode)
+        return tok.decode_latents(z), torch.zeros((), device=x.device), {}
+
+    def settings(self) -> dict:  # compared on resume
+        return dataclasses.asdict(self.cfg)
+
+    @property
+    def disc_start(self) -> int:  # read by the loop through gan_started: the one GAN start step
+        return self.cfg.disc_start
 
     def _recon_loss(self, rec, x):
         return F.l1_loss(rec, x) if self.cfg.recon == "l1" else F.mse_loss(rec, x)
 
     def loss(self, model, batch, step):
         x = _images(batch)
-        rec, quant_loss, stats = unwrap(model).training_forward(x, forward=model)
+        rec, quant_loss, stats = self._reconstruct(model, x)
         rec_loss = self._recon_loss(rec, x)
         loss = rec_loss + self.cfg.quant_weight * quant_loss
         metrics = {"rec_loss": rec_loss.item(), "quant_loss": float(quant_loss.detach()), **stats}
@@ -68,19 +112,17 @@ class TokenizerTask:
             p = self.lpips(rec, x).mean()
             loss = loss + self.cfg.lpips_weight * p
             metrics["lpips"] = p.item()
-        if self.discriminator is not None and step >= self.cfg.disc_start:
-            self.discriminator.requires_grad_(False)  # the generator step must not train D
+        if gan_started(self, step):  # the loop keeps the discriminator frozen during this step
             g = generator_adv_loss(self.discriminator(rec))
-            self.discriminator.requires_grad_(True)
             loss = loss + self.cfg.disc_weight * g
             metrics["g_adv"] = g.item()
         return loss, metrics
 
     def disc_loss(self, model, disc, batch, step):
-        if step < self.cfg.disc_start:
+        if not gan_started(self, step):
             return None, {}
         x = _images(batch)
         with torch.no_grad():
-            rec, _, _ = unwrap(model).training_forward(x)
+            rec, _, _ = self._reconstruct(model, x)
         d = hinge_d_loss(disc(x), disc(rec.detach()))
         return d, {"d_loss": d.item()}
