@@ -26,6 +26,7 @@ vision-ar train generator --model gpt-flextok-fmnist --tokenizer runs/fm_flextok
   --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
-# 4. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
+# 4. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package; then declare it
+#    in vision_ar/families/flextok.py: shipped={"fmnist-flextok": "fmnist_flextok"} (`--model fmnist-flextok`)
 python scripts/ship_pipeline.py runs/fm_flextok_gpt/pipeline vision_ar/weights/fmnist_flextok \
   --set guidance_scale=${CFG:-3.0}

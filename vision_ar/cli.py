@@ -9,7 +9,7 @@ import sys
 from .errors import VisionARError
 
 # Order shown in --help: one module vision_ar/commands/<name>.py each.
-COMMANDS = ("sample", "train", "eval", "fid")
+COMMANDS = ("sample", "reconstruct", "train", "eval", "fid")
 
 
 def build_parser() -> argparse.ArgumentParser:

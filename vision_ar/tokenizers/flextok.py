@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, MissingFileError
-from ..io import CONFIG_NAME, WEIGHTS_NAME, check_writable, load_state_dict_strict
+from ..io import CONFIG_NAME, WEIGHTS_NAME, check_writable, load_state_dict_strict, plain_file_mode
 from ..nn.adaln import modulate
 from ..nn.norms import fp32_layer_norm
 from ..registry import register_preset
+from ..tokens import TokenLayout, image_hw
 from .flextok_config import (TOP_LEVEL_KEYS, VAE_BASE_CFG, EncoderSpec, DecoderSpec, FlexTokSpec, HeadSpec,
                              PatchSpec, VAESpec, config_from_metadata, flextok_config, parse_flextok_config,
                              powers_of_two, unwrap_hub_config)
@@ -569,6 +570,32 @@ class FlexTok(nn.Module):
     def decode(self, tokens: TokenInput, **sampling) -> torch.Tensor:
         return self.detokenize(tokens, **sampling)
 
+    def token_layout(self, image_size) -> TokenLayout:
+        """A 1D sequence of N codes for images of `image_size` (an int or (H, W)); the size must fit the patch
+        grid (a multiple of VAE downsampling x patch size, within the position table)."""
+        h, w = image_hw(image_size)
+        f = self.downsample_factor * self.spec.encoder.patch.patch_sizes[0]
+        mh, mw = self.default_image_size()
+        if h % f or w % f or h > mh or w > mw:
+            raise ConfigError(f"FlexTok {self.n_registers}-token model: image size {(h, w)} must be a multiple of "
+                              f"{f} and at most {(mh, mw)} (its position table)")
+        return TokenLayout.sequence(self.n_registers, vocab_size=self.codebook_size)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, num_tokens: int | None = None, decode_steps: int | None = None,
+                    decode_guidance=None, decode_apg=None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """images -> tokens -> the first `num_tokens` (default N) -> images of the same size."""
+        from ..sampling.rectified_flow import parse_guidance
+
+        k = self.n_registers if num_tokens is None else int(num_tokens)
+        if not 1 <= k <= self.n_registers:
+            raise ConfigError(f"--num-tokens {k}: this FlexTok decodes 1..{self.n_registers} tokens per image")
+        tokens = self.encode(images)[:, :k]
+        guidance = None if decode_guidance is None else parse_guidance(decode_guidance)
+        size = tuple(images.shape[2:])
+        return self.detokenize(tokens, steps=decode_steps, guidance_scale=guidance, apg=parse_switch(decode_apg),
+                               generator=generator, image_size=size)
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.vae.decode(latents)
@@ -644,6 +671,7 @@ class FlexTok(nn.Module):
         config = json.loads(json.dumps(self.config))
         if self.spec.vae.kind == "diffusers":
             config["vae"]["hf_hub_path"] = "vae"  # the saved folder is self-contained
+        folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             metadata = {k: (v if isinstance(v, str) else repr(v)) for k, v in config.items()}
@@ -656,11 +684,13 @@ class FlexTok(nn.Module):
                 (tmp / "vae").mkdir()
                 (tmp / "vae" / VAE_FOLDER_CONFIG).write_text(json.dumps(self.vae_config, indent=2))
             folder.mkdir(parents=True, exist_ok=True)
+            moves = [(tmp / name, folder / name) for name in names]
             if self.vae_config is not None:
                 (folder / "vae").mkdir(exist_ok=True)
-                os.replace(tmp / "vae" / VAE_FOLDER_CONFIG, folder / "vae" / VAE_FOLDER_CONFIG)
-            for name in names:
-                os.replace(tmp / name, folder / name)
+                moves.insert(0, (tmp / "vae" / VAE_FOLDER_CONFIG, folder / "vae" / VAE_FOLDER_CONFIG))
+            for src, dst in moves:  # file by file: an existing folder keeps its other files
+                os.chmod(src, plain_file_mode())
+                os.replace(src, dst)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
@@ -752,9 +782,30 @@ FMNIST_DEFAULTS = dict(latent_channels=1, levels=(8, 5, 5, 5), n_registers=32, l
 FMNIST_DECODE_DEFAULTS = {"steps": 25, "guidance_scale": 1.5, "apg": False}
 
 
+def parse_switch(value) -> bool | None:
+    """A yes/no setting from the command line ('on'/'off', 'true'/'false', '1'/'0') or a bool; None stays None."""
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("on", "true", "1", "yes"):
+        return True
+    if text in ("off", "false", "0", "no"):
+        return False
+    raise ConfigError(f"expected on or off, got {value!r}")
+
+
+def _fmnist_config(overrides: dict) -> dict:
+    import inspect
+
+    known = set(inspect.signature(flextok_config).parameters)
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"flextok-fmnist: unknown setting(s) {unknown}; known: {sorted(known)}")
+    return flextok_config(**{**FMNIST_DEFAULTS, **overrides})
+
+
 @register_preset("flextok-fmnist", family="flextok-tokenizer",
                  description="FlexTok for 32x32 Fashion-MNIST in (grey) pixel space: 4x4 patches, ViT 128x4 "
                              "encoder, 192x6 rectified-flow decoder, 32 registers, FSQ [8,5,5,5] (1000 codes)")
 def flextok_fmnist(decode_defaults: dict | None = None, **overrides) -> FlexTok:
-    cfg = {**FMNIST_DEFAULTS, **overrides}
-    return FlexTok(flextok_config(**cfg), decode_defaults={**FMNIST_DECODE_DEFAULTS, **(decode_defaults or {})})
+    return FlexTok(_fmnist_config(overrides), decode_defaults={**FMNIST_DECODE_DEFAULTS, **(decode_defaults or {})})

@@ -56,9 +56,15 @@ def _images(batch):
 
 
 class FlexTokTask(TrainTask):
-    def __init__(self, tokenizer: nn.Module, cfg: FlexTokLossConfig = FlexTokLossConfig()):
+    """decoder_only: fine-tune the decoder on the frozen codes of a trained encoder (a GPT trained on those codes
+    stays valid)."""
+
+    def __init__(self, tokenizer: nn.Module, cfg: FlexTokLossConfig = FlexTokLossConfig(),
+                 decoder_only: bool = False):
         tokenizer.vae.requires_grad_(False)  # the VAE stays frozen whatever the recipe did
-        self.cfg, self.features = cfg, None
+        if decoder_only:
+            tokenizer.encoder.requires_grad_(False)
+        self.cfg, self.features, self.decoder_only = cfg, None, decoder_only
         if cfg.repa_weight < 0:
             raise ConfigError(f"repa_weight must be >= 0, got {cfg.repa_weight}")
         if cfg.repa_weight > 0:
@@ -71,6 +77,13 @@ class FlexTokTask(TrainTask):
             super().__init__(FlexTokWithProjector(tokenizer, projector, layer))
         else:
             super().__init__(tokenizer)
+
+    def settings(self) -> dict:
+        """What this task computes with (a resume that changes it is refused): the loss options, the decoder-only
+        switch and the tokenizer's configuration (a dict, which the loop does not record by itself)."""
+        tok = unwrap(self.model)
+        tok = tok.tokenizer if isinstance(tok, FlexTokWithProjector) else tok
+        return {"loss": self.cfg, "decoder_only": self.decoder_only, "tokenizer_config": tok.config}
 
     def loss(self, model, batch, step):
         images = _images(batch)
