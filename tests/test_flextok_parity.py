@@ -5,7 +5,6 @@ detokenize cases come from meta.json, the full-size manifests are every *.json i
 sizes/seeds from config.json's generator_settings. Tolerances: the README's (atol 1e-4 on floats, exact tokens).
 """
 import json
-import os
 
 import pytest
 import torch
@@ -15,16 +14,6 @@ from conftest import family_fixtures
 
 pytestmark = pytest.mark.parity
 ATOL = 1e-4
-
-
-def _need_diffusers():
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:
-        reason = "FlexTok parity needs diffusers (pip install -e '.[hub]'): the fixtures use an AutoencoderKL"
-        if os.environ.get("VISION_AR_REQUIRE_FIXTURES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +33,6 @@ def settings(folder):
 
 @pytest.fixture(scope="module")
 def model(folder):
-    _need_diffusers()
     from vision_ar.tokenizers.flextok import FlexTok
 
     return FlexTok.from_pretrained(folder).eval()
@@ -232,7 +220,6 @@ def _config_from_manifest(man: dict):
 
 
 def test_full_size_manifests(folder):
-    _need_diffusers()
     from vision_ar.tokenizers.flextok import FlexTok
 
     manifests = sorted((folder / "full_size_manifests").glob("*.json"))
