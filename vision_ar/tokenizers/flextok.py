@@ -325,7 +325,8 @@ class FlexTokDecoder(nn.Module):
             elif op.kind == "nested_dropout":
                 dropped = pos[None, :, None] >= keep_k.to(x.device)[:, None, None]
                 x = torch.where(dropped, m.dropout_mask_token.to(x), x)
-            elif op.kind == "nullcond" and bool(null.any()):
+            elif op.kind == "nullcond" and (self.training or bool(null.any())):  # training: always in the graph
+                # (DDP needs every parameter used every step, dropped or not)
                 nullv = m.vector(x)
                 rows = null.to(x.device)[:, None, None]
                 if op.options["single_token"]:
