@@ -13,7 +13,7 @@ GPT_STEPS=${GPT_STEPS:-2800}
 # 1. FlexTok tokenizer (grey pixel space, 4x4 patches, 32 registers, FSQ 1000 codes): rectified-flow decoder,
 #    nested dropout over powers of two (1, 2, 4, ..., 32 kept tokens), 10% null-condition dropout for CFG.
 vision-ar train tokenizer --model flextok-fmnist --data fashion-mnist --out runs/fm_flextok --steps "$TOK_STEPS" \
-  --set batch_size=64 --set lr=5e-4 --set 'betas=[0.9,0.99]' --set warmup_steps=200 --set weight_decay=0.0 \
+  --set batch_size=64 --set lr=1e-3 --set 'betas=[0.9,0.99]' --set warmup_steps=200 --set weight_decay=0.0 \
   --set ema_decay=0.999 --set ema_warmup=true --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 2. reconstruction versus token count (the README table and picture; 1000 test images, 25 flow steps)

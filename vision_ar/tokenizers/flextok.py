@@ -779,7 +779,7 @@ def _find_vae_config(spec: VAESpec, folder: Path, vae_folder) -> dict | None:
 FMNIST_DEFAULTS = dict(latent_channels=1, levels=(8, 5, 5, 5), n_registers=32, latent_size=32, patch_size=4,
                        enc_dim=128, enc_depth=4, dec_dim=192, dec_depth=6, head_dim=32, vae="identity",
                        nested_mode="pow2", nullcond="learned", nullcond_p=0.1, adaLN_expansion=2,
-                       enc_head_init="xavier")
+                       enc_head_init="trunc_normal")
 FMNIST_DECODE_DEFAULTS = {"steps": 25, "guidance_scale": 1.5, "apg": False}
 
 

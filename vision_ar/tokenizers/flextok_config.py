@@ -660,8 +660,9 @@ def flextok_config(*, latent_channels: int, levels: Sequence[int], n_registers: 
 
     vae: 'identity' (pixels are the latents: small images, no VAE to train) or 'diffusers' (an AutoencoderKL
     folder at vae_path, frozen, as in every official model). enc_head_init: the official encoder head starts at
-    zero (every image gets the same tokens until the decoder learns to read them); 'xavier' makes tokens
-    informative from the first step, which short trainings need.
+    zero (every image gets the same tokens until the decoder learns to read them); 'trunc_normal' (std 0.02)
+    makes tokens informative from the first step without saturating FSQ's tanh ('xavier' does saturate it:
+    the tokens of a short Fashion-MNIST run then collapse to a few codes).
     """
     grid = latent_size // patch_size
     if grid * patch_size != latent_size:
