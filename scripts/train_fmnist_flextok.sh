@@ -30,3 +30,11 @@ vision-ar train generator --model gpt-flextok-fmnist --tokenizer runs/fm_flextok
 #    in vision_ar/families/flextok.py: shipped={"fmnist-flextok": "fmnist_flextok"} (`--model fmnist-flextok`)
 python scripts/ship_pipeline.py runs/fm_flextok_gpt/pipeline vision_ar/weights/fmnist_flextok \
   --set guidance_scale=${CFG:-3.0}
+
+# 5. generation versus token count (class accuracy, classifier-feature FID; 1000 samples each) and SJD on the 1D GPT
+for K in 1 2 4 8 16 32; do
+  python benchmarks/fmnist_quality.py --model runs/fm_flextok_gpt/pipeline --n 1000 --pipe-arg num_tokens=$K \
+    --out runs/fm_flextok_gpt/quality.jsonl
+done
+python benchmarks/sjd_speed.py --model runs/fm_flextok_gpt/pipeline --images 64 --cfg ${CFG:-3.0} \
+  --inits random horizontal horizontal-argmax
