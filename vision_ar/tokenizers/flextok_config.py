@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 from ..errors import CheckpointError, ConfigError
 
 TOP_LEVEL_KEYS = ("vae", "encoder", "regularizer", "decoder", "flow_matching_noise_module", "pipeline")
-IDENTITY_VAE_TARGET = "vision_ar.tokenizers.flextok.IdentityVAE"  # vision-ar's pixel-space "VAE" (no weights)
+IDENTITY_VAE_TARGET = "vision_ar.tokenizers.flextok_vae.IdentityVAE"  # vision-ar's pixel-space "VAE" (no weights)
 
 # The official VAE_BASE_CFG (vae_wrapper.py): the AutoencoderKL built when a config names no hf_hub_path.
 VAE_BASE_CFG = {
