@@ -9,7 +9,7 @@ import sys
 from .errors import VisionARError
 
 # Order shown in --help: one module vision_ar/commands/<name>.py each.
-COMMANDS = ("sample", "train", "eval", "fid", "edit", "demo")
+COMMANDS = ("sample", "reconstruct", "train", "eval", "fid", "edit", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

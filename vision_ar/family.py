@@ -78,11 +78,16 @@ class Flag:
 @dataclass(frozen=True)
 class Official:
     """An official release of the family: `load_pipeline(preset, **paths)` needs a `--<path> PATH` for each
-    name in `paths`, and then calls `load(preset, paths, device)`; `files` says which files those are."""
+    name in `paths`, and then calls `load(preset, paths, device)`; `files` says which files those are.
+    `optional` paths are passed on when given (e.g. a VAE folder found elsewhere by default);
+    `load_tokenizer(preset, paths, device)`, when declared, loads the official tokenizer alone (for
+    `vision-ar reconstruct`), needing only the paths it uses."""
 
     paths: tuple[str, ...]
     files: str
     load: Callable
+    optional: tuple[str, ...] = ()
+    load_tokenizer: Callable | None = None
 
 
 # ----------------------------------------------------------------------------------------------------

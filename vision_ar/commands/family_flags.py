@@ -41,13 +41,17 @@ def check_sampler_flags(args) -> None:
 
 def call_kwargs(args, pipe) -> dict:
     """The call flags the user set, for this pipeline's family; a flag of another family is an error."""
+    return call_kwargs_for(args, family_of_pipeline(pipe))
+
+
+def call_kwargs_for(args, fam) -> dict:
+    """The call flags the user set, for family `fam` (None: any family); a flag of another family is an error."""
     # "set" = not None and not an unset store_true (False); `0 in (None, False)` would drop a typed 0 (0 == False)
     chosen = [(flag, fams) for flag, fams in cli_flags().values()
               if flag.to == "call" and getattr(args, flag.dest, None) is not None
               and getattr(args, flag.dest) is not False]
     if not chosen:
         return {}
-    fam = family_of_pipeline(pipe)
     out = {}
     for flag, fams in chosen:
         if fam is not None and fam not in fams:

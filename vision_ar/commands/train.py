@@ -44,6 +44,9 @@ def add_parser(sub):
     p.add_argument("--lpips-lin", help="LPIPS linear weights vgg.pth (local file)")
     p.add_argument("--disc-weight", type=float, default=0.0, help="> 0 turns the PatchGAN loss on")
     p.add_argument("--disc-start", type=int, default=0)
+    p.add_argument("--loss-set", action="append", default=[], metavar="K=V",
+                   help="tokenizer training: a family's own loss option (FlexTok: repa_weight, repa_network, "
+                        "repa_weights, repa_stage, repa_layer, repa_hidden)")
     p.add_argument("--init", metavar="FOLDER", help="tokenizer training: start from a trained tokenizer folder "
                    "(its config.json wins over --model)")
     p.add_argument("--decoder-only", action="store_true",
@@ -88,7 +91,8 @@ def build_request(args):
     if args.what == "tokenizer":
         loss = TokenizerLossConfig(lpips_weight=args.lpips_weight, lpips_vgg_path=args.lpips_vgg,
                                    lpips_lin_path=args.lpips_lin, disc_weight=args.disc_weight,
-                                   disc_start=args.disc_start, decoder_only=args.decoder_only)
+                                   disc_start=args.disc_start, decoder_only=args.decoder_only,
+                                   family_options=parse_overrides(args.loss_set, None, "loss option"))
         return recipes.TokenizerRequest(**common, loss=loss, init=args.init)
     if not args.tokenizer:
         raise ConfigError("generator training needs --tokenizer FOLDER (a trained tokenizer's final/ folder)")

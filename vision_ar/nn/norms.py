@@ -25,3 +25,9 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, elementwise_affine={self.weight is not None}"
+
+
+def fp32_layer_norm(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm without weight or bias over the last dim, computed in float32 and cast back (FlexTok's norm
+    everywhere: pre-norms, QK-norm, output heads), so bf16 models normalise like fp32 ones."""
+    return torch.nn.functional.layer_norm(x.float(), x.shape[-1:], None, None, eps).type_as(x)

@@ -64,7 +64,8 @@ def load_pipeline(name_or_folder: str, device: str = "cpu", **official_paths):
     if missing:
         raise ConfigError(f"preset '{preset.name}' has no shipped weights: pass "
                           + " and ".join(f"--{k} PATH" for k in missing) + f" (the official {official.files})")
-    return official.load(preset.name, {k: official_paths[k] for k in official.paths}, device)
+    given = {k: official_paths[k] for k in official.optional if official_paths.get(k)}
+    return official.load(preset.name, {**given, **{k: official_paths[k] for k in official.paths}}, device)
 
 
 __all__ = ["PipelineOutput", "load_pipeline", "shipped_models", "shipped_folders"]

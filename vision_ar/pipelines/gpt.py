@@ -45,6 +45,21 @@ class GPTPipeline(Pipeline):
                  top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                  sampler: str | None = None, sjd_window: int | None = None, sjd_init: str | None = None,
                  output_type: str = "pil") -> PipelineOutput:
+        labels, cfg_scale = self.check_request(class_labels, self.setting(guidance_scale, "guidance_scale"))
+        layout = self.gpt.token_layout
+        t0 = time.perf_counter()
+        tokens, stats = self.draw_tokens(labels, layout.num_tokens, cfg_scale, generator, top_k, top_p, temperature,
+                                         sampler, sjd_window, sjd_init)
+        images = self.tokenizer.decode(layout.unflatten(tokens))
+        stats["seconds"] = time.perf_counter() - t0
+        images01 = (images.float() + 1) / 2
+        return PipelineOutput(images=to_output_type(images01.clamp(0, 1), output_type), tokens=tokens,
+                              labels=labels, stats=stats)
+
+    def draw_tokens(self, labels: list[int], n: int, cfg_scale: float, generator=None, top_k=None, top_p=None,
+                    temperature=None, sampler=None, sjd_window=None, sjd_init=None) -> tuple[torch.Tensor, dict]:
+        """The first `n` tokens (B, n) of each image of `labels`, drawn by the chosen sampler, and its stats
+        (settings left as None take the pipeline's defaults)."""
         from ..sampling.jacobi import sjd_generate
         from ..sampling.token_loop import generate
 
@@ -53,28 +68,19 @@ class GPTPipeline(Pipeline):
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {sampler!r}; choose 'default' (the plain KV-cached loop) or 'sjd' "
                               f"(Speculative Jacobi Decoding)")
-        labels, cfg_scale = self.check_request(class_labels, pick(guidance_scale, "guidance_scale"))
         device = next(self.gpt.parameters()).device
         cond = torch.tensor(labels, dtype=torch.long, device=device)
         settings = dict(cfg_scale=cfg_scale,
                         temperature=pick(temperature, "temperature"), top_k=pick(top_k, "top_k"),
                         top_p=pick(top_p, "top_p"), generator=generator)
-        layout = self.gpt.token_layout
-        n = layout.num_tokens
-        t0 = time.perf_counter()
         if sampler == "sjd":
             init = pick(sjd_init, "sjd_init")
             tokens, st = sjd_generate(self.gpt, cond, n, window_length=pick(sjd_window, "sjd_window"), init=init,
-                                      grid_width=sjd_row_width(layout, init), return_stats=True, **settings)
-            stats = st.summary()
-        else:
-            tokens = generate(self.gpt, cond, n, **settings)
-            stats = {"forward_passes": n}
-        images = self.tokenizer.decode(layout.unflatten(tokens))
-        stats["seconds"] = time.perf_counter() - t0
-        images01 = (images.float() + 1) / 2
-        return PipelineOutput(images=to_output_type(images01.clamp(0, 1), output_type), tokens=tokens,
-                              labels=labels, stats=stats)
+                                      grid_width=min(sjd_row_width(self.gpt.token_layout, init), n),
+                                      return_stats=True,
+                                      **settings)
+            return tokens, st.summary()
+        return generate(self.gpt, cond, n, **settings), {"forward_passes": n}
 
     # ---- editing (pipelines/editing.py): known tokens forced in raster order ------------------------------
 

@@ -16,7 +16,7 @@ adaptive weight: it needs the decoder's last-layer gradient and makes resume dep
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,8 @@ class TokenizerLossConfig:
     disc_channels: int = 64
     disc_layers: int = 2
     decoder_only: bool = False         # fine-tune the decoder on frozen codes (see the module docstring)
+    family_options: dict = field(default_factory=dict)  # a family's own loss options (`--loss-set K=V`), e.g.
+                                                        # FlexTok's REPA; the shared task has none
 
 
 # the trainable half under decoder_only (both VQ families name it so)
@@ -53,6 +55,12 @@ class TokenizerTask:
         self.model = tokenizer
         self.cfg = cfg
         self.lpips = None
+        if cfg.family_options:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--loss-set {sorted(cfg.family_options)}: {type(tokenizer).__name__} trains with the "
+                              f"shared tokenizer task, which has no such options (they belong to other families, "
+                              f"e.g. FlexTok's repa_weight)")
         if cfg.lpips_weight > 0:
             if not (cfg.lpips_vgg_path and cfg.lpips_lin_path):
                 from ..errors import ConfigError

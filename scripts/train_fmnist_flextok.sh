@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The exact commands that train the Fashion-MNIST FlexTok (tokenizer + 1D GPT, `--model fmnist-flextok`), on a
+# 2-core CPU. One OpenMP thread per process (two threads per job on a shared machine spin-wait).
+# Re-running a command after a kill resumes it exactly from OUT/latest.pt.
+#
+# Cost on the shared 2-core machine (measured with short runs): the tokenizer trains at ~8-15 images/s
+# (batch 64: 4-8 s a step), the GPT (as fmnist-gpt) at ~100 steps per 10 minutes.
+set -euo pipefail
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+TOK_STEPS=${TOK_STEPS:-4000}
+GPT_STEPS=${GPT_STEPS:-2800}
+
+# 1. FlexTok tokenizer (grey pixel space, 4x4 patches, 32 registers, FSQ 1000 codes): rectified-flow decoder,
+#    nested dropout over powers of two (1, 2, 4, ..., 32 kept tokens), 10% null-condition dropout for CFG.
+vision-ar train tokenizer --model flextok-fmnist --data fashion-mnist --out runs/fm_flextok --steps "$TOK_STEPS" \
+  --set batch_size=64 --set lr=1e-3 --set 'betas=[0.9,0.99]' --set warmup_steps=200 --set weight_decay=0.0 \
+  --set ema_decay=0.999 --set ema_warmup=true --set progress=false --set log_every=25 --set ckpt_every=100
+
+# 2. reconstruction versus token count (the README table and picture; 1000 test images, 25 flow steps)
+python benchmarks/flextok_recon.py runs/fm_flextok/final --n 1000 --grid docs/fmnist_flextok_recon.png \
+  | tee runs/fm_flextok/recon.jsonl
+
+# 3. next-token GPT over the 1D token sequence (1D positions), class-conditional (10% class dropout for CFG)
+vision-ar train generator --model gpt-flextok-fmnist --tokenizer runs/fm_flextok/final --data fashion-mnist \
+  --out runs/fm_flextok_gpt --steps "$GPT_STEPS" --set batch_size=64 --set lr=8e-4 --set warmup_steps=100 \
+  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
+  --set progress=false --set log_every=25 --set ckpt_every=100
+
+# 4. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package; then declare it
+#    in vision_ar/families/flextok.py: shipped={"fmnist-flextok": "fmnist_flextok"} (`--model fmnist-flextok`)
+python scripts/ship_pipeline.py runs/fm_flextok_gpt/pipeline vision_ar/weights/fmnist_flextok \
+  --set guidance_scale=${CFG:-3.0}
+
+# 5. generation versus token count (class accuracy, classifier-feature FID; 1000 samples each) and SJD on the 1D GPT
+for K in 1 2 4 8 16 32; do
+  python benchmarks/fmnist_quality.py --model runs/fm_flextok_gpt/pipeline --n 1000 --pipe-arg num_tokens=$K \
+    --out runs/fm_flextok_gpt/quality.jsonl
+done
+python benchmarks/sjd_speed.py --model runs/fm_flextok_gpt/pipeline --images 64 --cfg ${CFG:-3.0} \
+  --inits random horizontal horizontal-argmax
