@@ -50,6 +50,7 @@ from ..nn.attention import attend
 from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
 from ..nn.mlp import FFN
+from ..nn.quantized_linear import linear_with_bias
 from ..registry import register_preset
 
 PATCH_NUMS_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -191,7 +192,7 @@ class ScaleSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         B, L, C = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = linear_with_bias(self.mat_qkv, x, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, head_dim)
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
