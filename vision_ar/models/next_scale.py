@@ -232,9 +232,15 @@ class NextScaleBlock(nn.Module):
         else:
             self.ada_lin = AdaLNProjection(cond_dim, embed_dim, n=6)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        """cond: (B, D) class embedding, or with shared_aln the shared projection's (B, 1, 6, C)."""
-        mod = (self.ada_gss + cond) if self.shared_aln else self.ada_lin(cond)
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """The six AdaLN vectors (B, 1, 6, C) of this block for `cond` (see forward)."""
+        return (self.ada_gss + cond) if self.shared_aln else self.ada_lin(cond)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None,
+                mod: torch.Tensor | None = None) -> torch.Tensor:
+        """cond: (B, D) class embedding, or with shared_aln the shared projection's (B, 1, 6, C);
+        mod: this block's `modulation(cond)` when the caller already has it (sampling reuses it every scale)."""
+        mod = self.modulation(cond) if mod is None else mod
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)  # each (B, 1, C)
         h = self.attn(modulate(self.ln_wo_grad(x), scale1, shift1), attn_bias=attn_bias)
         x = x + self.drop_path(h.mul_(gamma1))
@@ -289,6 +295,7 @@ class VAR(PretrainedMixin, nn.Module):
         # ---- head ----
         self.head_nm = AdaLNHeadNorm(C, C, eps=cfg.norm_eps)
         self.head = nn.Linear(C, cfg.vocab_size)
+        self._mods_cond = self._mods = None  # inference: AdaLN vectors of the current condition
         self.init_weights()
 
     # ------------------------------------------------------------------------------------------------
@@ -354,22 +361,37 @@ class VAR(PretrainedMixin, nn.Module):
         """Level + absolute position embedding of positions [begin, end): (1, end - begin, C)."""
         return self.lvl_embed(self.lvl_1L[:, begin:end]) + self.pos_1LC[:, begin:end]
 
-    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h_BLC.float(), cond_BD).float()).float()
+    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor,
+                   head_mod: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.head(self.head_nm(h_BLC.float(), cond_BD, head_mod).float()).float()
 
-    def _run_blocks(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attn_bias: torch.Tensor | None):
-        cond = self.shared_ada_lin(cond_BD)
+    def _run_blocks(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attn_bias: torch.Tensor | None,
+                    mods: tuple[list[torch.Tensor], tuple] | None = None):
+        """`mods`: every block's modulation and the head's, when already computed for cond_BD."""
+        cond = self.shared_ada_lin(cond_BD) if mods is None else None
+        block_mods, head_mod = mods if mods is not None else ([None] * len(self.blocks), None)
         dtype = _autocast_dtype(x_BLC.device)
         if dtype is not None:  # mixed precision: keep the residual stream, mask and modulation in one dtype
-            x_BLC, cond = x_BLC.to(dtype), cond.to(dtype)
+            x_BLC = x_BLC.to(dtype)
+            cond = cond.to(dtype) if cond is not None else None
+            block_mods = [m.to(dtype) if m is not None else None for m in block_mods]
             attn_bias = attn_bias.to(dtype) if attn_bias is not None else None
-        for block in self.blocks:
+        for block, mod in zip(self.blocks, block_mods):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # recompute the block in backward instead of storing its activations (memory for compute)
                 x_BLC = torch.utils.checkpoint.checkpoint(block, x_BLC, cond, attn_bias, use_reentrant=False)
             else:
-                x_BLC = block(x_BLC, cond, attn_bias)
-        return self.get_logits(x_BLC, cond_BD)
+                x_BLC = block(x_BLC, cond, attn_bias, mod)
+        return self.get_logits(x_BLC, cond_BD, head_mod)
+
+    def _scale_modulations(self, cond_BD: torch.Tensor) -> tuple[list[torch.Tensor], tuple]:
+        """AdaLN vectors of every block and of the head for cond_BD, computed once per sampling run: the class
+        condition is the same at every scale, and recomputing them read every AdaLN weight once per scale."""
+        if self._mods_cond is not cond_BD:
+            cond = self.shared_ada_lin(cond_BD)
+            self._mods = ([b.modulation(cond) for b in self.blocks], self.head_nm.modulation(cond_BD))
+            self._mods_cond = cond_BD
+        return self._mods
 
     grad_checkpointing = False
 
@@ -405,11 +427,13 @@ class VAR(PretrainedMixin, nn.Module):
     # ------------------------------------------------------------------------------------------------
     def start_inference(self, batch_size: int) -> None:
         """Enable the static KV caches (L positions each) for a batch of `batch_size` rows (2*B with CFG)."""
+        self._mods_cond = self._mods = None
         for block in self.blocks:
             block.attn.enable_cache(batch_size, self.L)
 
     def end_inference(self) -> None:
         """Disable and free the KV caches."""
+        self._mods_cond = self._mods = None
         for block in self.blocks:
             block.attn.disable_cache()
 
@@ -451,7 +475,7 @@ class VAR(PretrainedMixin, nn.Module):
         if not self.blocks[0].attn.caching:
             raise ConfigError("forward_scale needs the KV caches: call var.start_inference(batch_size) first "
                               "(or use `with var.inference(batch_size):`).")
-        return self._run_blocks(x_BlC, cond_BD, attn_bias=None)
+        return self._run_blocks(x_BlC, cond_BD, attn_bias=None, mods=self._scale_modulations(cond_BD))
 
     # ------------------------------------------------------------------------------------------------
     # official checkpoints
