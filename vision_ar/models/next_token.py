@@ -203,9 +203,10 @@ class Attention(nn.Module):
         """
         b, length, _ = x.shape
         kv = self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([self.dim, kv, kv], dim=-1)
-        q = apply_rope(q.view(b, length, self.n_head, self.head_dim), rope).transpose(1, 2)
-        k = apply_rope(k.view(b, length, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        qk, v = self.wqkv(x).split([self.dim + kv, kv], dim=-1)
+        # q and k rotated in one call (RoPE is elementwise per head: same numbers, half the small ops per step)
+        qk = apply_rope(qk.view(b, length, self.n_head + self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=1)
         v = v.view(b, length, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None and row_starts is not None:  # each row writes at its own positions
             k, v, mask = cache.append_rows(k, v, row_starts)

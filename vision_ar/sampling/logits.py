@@ -26,6 +26,7 @@ from typing import Callable
 import torch
 
 from ..errors import ConfigError
+from .fast_filters import top_k_top_p_sortless_
 
 NEG_INF = float("-inf")
 
@@ -81,6 +82,8 @@ def top_p_mask_var_(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 def filter_top_k_top_p_var_(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
     """VAR convention: top-k, then top-p on the result. top_k=0 / top_p=0 switch each off."""
+    if top_k_top_p_sortless_(logits, top_k, top_p, "var"):  # the same result without a full sort
+        return logits
     return top_p_mask_var_(top_k_mask_(logits, top_k), top_p)
 
 

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from .fast_filters import top_k_top_p_sortless_
 
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float) -> None:
@@ -32,6 +33,10 @@ def top_k_top_p_filter(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
                        min_tokens_to_keep: int = 1) -> torch.Tensor:
     """logits (B, V) -> a copy with filtered entries set to -inf (HF `top_k_top_p_filtering` semantics)."""
     neg_inf = float("-inf")
+    if min_tokens_to_keep == 1:  # the same result without sorting the vocabulary (fast_filters.py)
+        out = logits.clone()
+        if top_k_top_p_sortless_(out, int(top_k), float(top_p), "hf"):
+            return out
     if top_k > 0:
         k = min(max(int(top_k), min_tokens_to_keep), logits.shape[-1])
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
