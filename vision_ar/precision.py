@@ -162,7 +162,8 @@ class Workload:
 
     @classmethod
     def of(cls, model: nn.Module, rows: int) -> "Workload":
-        shapes = tuple((m.out_features, m.in_features) for m in model.modules() if isinstance(m, nn.Linear))
+        shapes = tuple((m.out_features, m.in_features) for m in model.modules()
+                       if isinstance(m, (nn.Linear, *REDUCED_LINEARS)))
         if not shapes:
             raise ConfigError(f"{type(model).__name__} has no nn.Linear layers to run in reduced precision.")
         return cls(max(int(rows), 1), shapes)

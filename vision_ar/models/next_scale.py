@@ -425,6 +425,12 @@ class VAR(PretrainedMixin, nn.Module):
     # ------------------------------------------------------------------------------------------------
     # incremental inference (used by vision_ar.sampling.next_scale)
     # ------------------------------------------------------------------------------------------------
+    @property
+    def rows_per_image_step(self) -> int:
+        """Activation rows per image of an average sampling forward (both CFG halves of a mean-sized scale):
+        what vision_ar.precision measures the reduced-precision kernels at."""
+        return 2 * self.L // len(self.patch_nums)
+
     def start_inference(self, batch_size: int) -> None:
         """Enable the static KV caches (L positions each) for a batch of `batch_size` rows (2*B with CFG)."""
         self._mods_cond = self._mods = None
