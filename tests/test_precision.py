@@ -234,3 +234,37 @@ def test_int8_on_a_cpu_without_native_bf16(monkeypatch):
     labels = torch.arange(4)
     idx = torch.randint(0, 64, (4, 15), generator=torch.Generator().manual_seed(1))
     assert agreement(ref(idx, labels)[0].argmax(-1), model(idx, labels)[0].argmax(-1)) >= 0.9
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_var_folder(tmp_path):
+    from vision_ar.pipelines.var import VARPipeline
+
+    var, vae = tiny_var()
+    return VARPipeline(vae, var, {"guidance_scale": 1.5}).save_pretrained(tmp_path / "pipe")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--precision", "int8", "--parity"], "parity (the official results) is fp32 only"),
+])
+def test_cli_precision_errors(tiny_var_folder, tmp_path, capsys, extra, message):
+    from vision_ar.cli import main
+
+    out = tmp_path / "o.png"
+    assert main(["sample", "--model", str(tiny_var_folder), "--classes", "0", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not out.exists()
+
+
+def test_cli_samples_in_a_reduced_precision(tiny_var_folder, tmp_path, capsys):
+    from vision_ar.cli import main
+
+    name = next(p for p in ("int8", "fp16") if P.unsupported_reason(p, "cpu") is None)
+    out = tmp_path / "o.png"
+    assert main(["sample", "--model", str(tiny_var_folder), "--classes", "0", "1", "--precision", name,
+                 "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and f"precision {name}" in capsys.readouterr().err

@@ -316,16 +316,21 @@ def choose_fastest(workload: Workload, device="cpu", verbose: bool = True) -> Pr
     return choice
 
 
+def check_precision_request(requested: str, parity: bool = False) -> None:
+    """The checks that need no model (run them before loading one)."""
+    if requested not in PRECISION_CHOICES:
+        raise ConfigError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+    if parity and requested not in ("fp32", "auto"):
+        raise ConfigError(f"precision {requested!r} was asked together with parity: parity (the official "
+                          f"results) is fp32 only; drop the parity option or use --precision fp32")
+
+
 def resolve_precision(requested: str = "fp32", device="cpu", *, parity: bool = False,
                       workload: Workload | None = None, verbose: bool = True) -> Precision:
     """A `--precision` value -> the Precision to run. Raises ConfigError for an unknown mode, a mode this
     machine cannot run (saying which it can), or a reduced mode together with parity."""
-    if requested not in PRECISION_CHOICES:
-        raise ConfigError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+    check_precision_request(requested, parity)
     if parity:
-        if requested not in ("fp32", "auto"):
-            raise ConfigError(f"precision {requested!r} was asked together with parity: parity (the official "
-                              f"results) is fp32 only; drop the parity option or use --precision fp32")
         return FP32
     if requested == "fp32":
         return FP32

@@ -38,6 +38,9 @@ def add_parser(sub):
     p.add_argument("--sjd-window", type=int, default=None, help="SJD window length")
     p.add_argument("--sjd-init", default=None, help="SJD draft initialisation")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="fp32", help="fp32 (exact) | fp16 | bf16 | int8 | auto (fastest here, "
+                   "measured once); see vision_ar/precision.py")
+    p.add_argument("--parity", action="store_true", help="the official results: fp32 only (refuses reduced modes)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True, help="grid .png/.jpg, or .npz (ADM layout: uint8 arr_0 N,H,W,3 + labels)")
     p.set_defaults(func=run)
@@ -71,9 +74,12 @@ def run(args) -> int:
     if args.repeat < 1 or args.batch_size < 1:
         raise ConfigError("--repeat and --batch-size must be >= 1")
     from ..pipelines import load_pipeline
+    from ..precision import apply_precision, check_precision_request
 
+    check_precision_request(args.precision, args.parity)
     pipe = load_pipeline(args.model, device=args.device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
     labels = [c for _ in range(args.repeat) for c in args.classes]  # one grid row per repeat
+    apply_precision(pipe, args.precision, batch_size=min(args.batch_size, len(labels)), parity=args.parity)
     kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p).items()
               if v is not None}
     if args.more_smooth:
