@@ -183,8 +183,11 @@ class ScaleSelfAttention(nn.Module):
         self.cache: KVCache | None = None
         self.cache_batch = self.cache_len = 0
 
-    def enable_cache(self, batch: int, max_len: int) -> None:
+    def enable_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None) -> None:
+        """Start caching; with `dtype` the cache is allocated now (compiled steps must not allocate it)."""
         self.caching, self.cache, self.cache_batch, self.cache_len = True, None, batch, max_len
+        if dtype is not None:
+            self.cache = KVCache(batch, self.num_heads, max_len, self.head_dim, dtype=dtype, device=device)
 
     def disable_cache(self) -> None:
         self.caching, self.cache = False, None
@@ -296,6 +299,7 @@ class VAR(PretrainedMixin, nn.Module):
         self.head_nm = AdaLNHeadNorm(C, C, eps=cfg.norm_eps)
         self.head = nn.Linear(C, cfg.vocab_size)
         self._mods_cond = self._mods = None  # inference: AdaLN vectors of the current condition
+        self._compiled_blocks = None  # compile_scales
         self.init_weights()
 
     # ------------------------------------------------------------------------------------------------
@@ -434,8 +438,16 @@ class VAR(PretrainedMixin, nn.Module):
     def start_inference(self, batch_size: int) -> None:
         """Enable the static KV caches (L positions each) for a batch of `batch_size` rows (2*B with CFG)."""
         self._mods_cond = self._mods = None
+        # Compiled scales write into caches allocated here; the eager path allocates at the first scale, in
+        # the dtype the keys then have (autocast or not).
+        eager = self._compiled_blocks is None
+        dtype = None if eager else (_autocast_dtype(self.pos_1LC.device) or self.pos_1LC.dtype)
         for block in self.blocks:
-            block.attn.enable_cache(batch_size, self.L)
+            block.attn.enable_cache(batch_size, self.L, dtype=dtype, device=self.pos_1LC.device)
+        if not eager and self.pos_1LC.device.type == "cuda":
+            from ..nn.compile import mark_static
+
+            mark_static(*(t for b in self.blocks for t in (b.attn.cache.k, b.attn.cache.v)))
 
     def end_inference(self) -> None:
         """Disable and free the KV caches."""
@@ -481,7 +493,21 @@ class VAR(PretrainedMixin, nn.Module):
         if not self.blocks[0].attn.caching:
             raise ConfigError("forward_scale needs the KV caches: call var.start_inference(batch_size) first "
                               "(or use `with var.inference(batch_size):`).")
-        return self._run_blocks(x_BlC, cond_BD, attn_bias=None, mods=self._scale_modulations(cond_BD))
+        run = self._compiled_blocks or self._run_blocks
+        return run(x_BlC, cond_BD, None, self._scale_modulations(cond_BD))
+
+    def compile_scales(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """Run every scale's blocks + head through torch.compile (one graph per scale: each has its own shapes
+        and cache length; on a GPU captured as CUDA graphs by default). Falls back to eager with one warning
+        where this machine cannot compile. Values within float rounding of the eager path."""
+        from ..nn.compile import compiled
+
+        # one graph per scale (and per CFG batch): raise dynamo's per-function recompile limit to fit them
+        limit = 4 * len(self.patch_nums)
+        if torch._dynamo.config.cache_size_limit < limit:
+            torch._dynamo.config.cache_size_limit = limit
+        self._compiled_blocks = compiled(self._run_blocks, self.pos_1LC.device, mode, what="VAR scale step",
+                                         backend=backend)
 
     # ------------------------------------------------------------------------------------------------
     # official checkpoints

@@ -194,12 +194,14 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
-                mask: torch.Tensor | None = None, row_starts: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, row_starts: torch.Tensor | None = None,
+                static_pos: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, dim); rope (L, head_dim/2, 2) rows of x's positions.
 
         Without a cache: causal self-attention over x. With a cache: x's keys/values are appended to it and
         x attends to prefix + itself; `mask` (L, prefix+L) bool (True = attend) keeps it causal inside x
-        (None when L == 1: a single new token may see everything cached).
+        (None when L == 1: a single new token may see everything cached). `static_pos` (a tensor): write at that
+        position and attend over the whole cache with `mask` (static shapes for compiled steps).
         """
         b, length, _ = x.shape
         kv = self.n_kv_head * self.head_dim
@@ -210,6 +212,8 @@ class Attention(nn.Module):
         v = v.view(b, length, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None and row_starts is not None:  # each row writes at its own positions
             k, v, mask = cache.append_rows(k, v, row_starts)
+        elif cache is not None and static_pos is not None:
+            k, v = cache.write_at(static_pos, k, v)
         elif cache is not None:
             k, v = cache.append(k, v)
         if self.n_kv_head != self.n_head:
@@ -230,8 +234,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, rope, cache=None, mask=None, row_starts=None):
-        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, cache, mask, row_starts))
+    def forward(self, x, rope, cache=None, mask=None, row_starts=None, static_pos=None):
+        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, cache, mask, row_starts, static_pos))
         return x + self.drop_path(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -262,6 +266,7 @@ class GPT(PretrainedMixin, nn.Module):
         # would be rounded by model.to(bfloat16), the official table stays float32 whatever the model dtype.
         self._rope: torch.Tensor | None = None
         self._caches: list[KVCache] | None = None
+        self._static_step = None  # compiled single-token step (compile_decode), None = eager
         self._init_weights()
 
     def _init_weights(self):
@@ -436,6 +441,42 @@ class GPT(PretrainedMixin, nn.Module):
     # Speculative decoding may give every row its own start position (decode with a (B,) LongTensor).
     per_row_positions = True
 
+    # ----------------------------------------------------------------------------------------------
+    # Compiled single-token step (static shapes: CUDA graphs on a GPU)
+    # ----------------------------------------------------------------------------------------------
+    def _static_decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One token per row at position pos (a (1,) tensor): writes every layer's cache at pos and attends
+        over the whole cache with a mask, so shapes never change from step to step. -> logits (B, 1, V)."""
+        h = self.tok_dropout(self.tok_embeddings(tokens))
+        rope = self._rope.index_select(0, pos)
+        mask = (torch.arange(self.cache_capacity, device=pos.device) <= pos)[None, None, None, :]
+        for layer, cache in zip(self.layers, self._caches):
+            h = layer(h, rope, cache, mask, None, pos)
+        return self.output(self.norm(h)).float()
+
+    def compile_decode(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """Route every single-token `decode` at the cache's end through a torch.compile'd static-shape step
+        (mode default: CUDA graphs on a GPU, inductor on a CPU). Falls back to eager with one warning where
+        this machine cannot compile. Not the exact mode: attention over the masked whole cache rounds
+        differently from attention over the prefix (tokens agree, logits within float rounding)."""
+        from ..nn.compile import compiled
+
+        device = self.tok_embeddings.weight.device
+        self.rope_rows(0, 1, device)  # the table on the device before tracing
+        self._compile_mode = mode
+        self._static_step = compiled(self._static_decode, device, mode, what="GPT decode step", backend=backend)
+
+    def _decode_static(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        from ..nn.compile import mark_static
+
+        if tokens.device.type == "cuda":
+            mark_static(*(t for c in self._caches for t in (c.k, c.v)))
+        pos = torch.tensor([start_pos], device=tokens.device)
+        logits = self._static_step(tokens, pos)
+        for c in self._caches:
+            c.length = start_pos + 1
+        return logits
+
     @torch.no_grad()
     def prefill(self, cond_idx: torch.Tensor) -> torch.Tensor:
         """Empty the cache, write the class-token position(s) and return the logits (B, V) of image token 0.
@@ -483,6 +524,8 @@ class GPT(PretrainedMixin, nn.Module):
                               f"(at most {self.config.max_positions}).")
         if start_pos < self.cache_length:
             self.truncate_cache(start_pos)
+        if self._static_step is not None and tokens.shape[1] == 1:
+            return self._decode_static(tokens, start_pos)
         return self._cached_step(self.tok_embeddings(tokens), start_pos)
 
     # ----------------------------------------------------------------------------------------------
