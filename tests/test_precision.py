@@ -70,6 +70,20 @@ def test_converted_linear_close_to_fp32(name):
     assert (got - ref).abs().max() / ref.abs().max() < 3e-2
 
 
+def test_half_precision_layer_copies_and_saves_without_its_packed_weight():
+    runnable("fp16")
+    lin = nn.Linear(64, 32)
+    for dtype in (torch.float16, torch.bfloat16):
+        if dtype == torch.bfloat16 and P.unsupported_reason("bf16", "cpu"):
+            continue
+        m = CastLinear(lin, dtype)
+        x = torch.randn(64, 5).t()  # a non-contiguous input
+        y = m(x)
+        twin = copy.deepcopy(m)  # a oneDNN-packed weight (opaque) must not be copied: it is rebuilt
+        assert torch.equal(twin(x), y)
+        assert sorted(m.state_dict()) == ["bias", "weight"] and m.state_dict()["weight"].dtype == dtype
+
+
 def test_int8_per_channel_quantisation_round_trip():
     w = torch.randn(16, 64) * torch.logspace(-3, 1, 16)[:, None]  # channels of very different scales
     q, scale = __import__("vision_ar.nn.quantized_linear", fromlist=["x"]).quantize_per_channel_int8(w)
