@@ -425,13 +425,17 @@ def rows_per_step(generator: nn.Module, batch_size: int) -> int:
     return int(batch_size) * int(getattr(generator, "rows_per_image_step", 2))
 
 
-def apply_precision(pipe, requested: str = "fp32", *, batch_size: int = 1, parity: bool = False,
-                    verbose: bool = True) -> Precision:
+def apply_precision(pipe, requested: str = "fp32", *, batch_size: int = 1, tokens_per_forward: int = 1,
+                    parity: bool = False, verbose: bool = True) -> Precision:
     """Resolve `requested` for `pipe.generator` at `batch_size` images per call and convert the pipeline in
-    place (generator linears; tokenizer decoder). Convert once per loaded pipeline."""
+    place (generator linears; tokenizer decoder). Convert once per loaded pipeline.
+
+    tokens_per_forward: tokens per image one forward verifies (SJD's window; 1 for the plain loop): "auto"
+    measures at that many more rows, where another mode may be the fastest (a window of 16 at batch 1 is
+    compute-bound where a single token is memory-bound)."""
     generator, tokenizer = pipe.generator, pipe.tokenizer
     device = next(generator.parameters()).device
-    workload = Workload.of(generator, rows_per_step(generator, batch_size))
+    workload = Workload.of(generator, rows_per_step(generator, batch_size) * max(int(tokens_per_forward), 1))
     precision = resolve_precision(requested, device, parity=parity, workload=workload, verbose=verbose)
     current = getattr(pipe, "precision", None)
     if current is not None and not current.exact:

@@ -79,7 +79,9 @@ def run(args) -> int:
     check_precision_request(args.precision, args.parity)
     pipe = load_pipeline(args.model, device=args.device, vae=args.vae, vq=args.vq, checkpoint=args.checkpoint)
     labels = [c for _ in range(args.repeat) for c in args.classes]  # one grid row per repeat
-    apply_precision(pipe, args.precision, batch_size=min(args.batch_size, len(labels)), parity=args.parity)
+    window = (args.sjd_window or pipe.defaults.get("sjd_window", 1)) if args.sampler == "sjd" else 1
+    apply_precision(pipe, args.precision, batch_size=min(args.batch_size, len(labels)), tokens_per_forward=window,
+                    parity=args.parity)
     kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p).items()
               if v is not None}
     if args.more_smooth:
