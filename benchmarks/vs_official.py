@@ -171,16 +171,26 @@ def run_child(args) -> None:
     official, new_pipe, ours_for = JOBS[job][1](args, batch)
     runners = {"official": official}
     chosen = {}
-    for p in args.precision:
+    variants = [(p, False) for p in args.precision]
+    if job in args.compile_jobs:
+        variants += [(p, True) for p in args.precision]
+    for p, comp in variants:
         pipe = new_pipe()
-        chosen[p] = apply_precision(pipe, p, batch_size=batch, verbose=True).describe()
-        runners[p] = ours_for(pipe)
+        key = f"{p}+compile" if comp else p
+        chosen[key] = apply_precision(pipe, p, batch_size=batch, verbose=True).describe() + (
+            " + compile" if comp else "")
+        if comp:  # the generator's own compiled step (GPT: single-token decode; VAR: each scale)
+            gen = pipe.generator
+            (gen.compile_decode if hasattr(gen, "compile_decode") else gen.compile_scales)()
+        runners[key] = ours_for(pipe)
 
     times = {k: [] for k in runners}
-    tokens = {}
+    tokens, first_run = {}, {}
     with torch.inference_mode():
-        for k, f in runners.items():  # warm-up (and the tokens, which do not change between rounds)
+        for k, f in runners.items():  # warm-up (compiles, if asked), and the tokens (the same every round)
+            t0 = time.perf_counter()
             tokens[k], _ = f()
+            first_run[k] = time.perf_counter() - t0
         for _ in range(args.repeats):
             for k, f in runners.items():
                 t0 = time.perf_counter()
@@ -188,13 +198,15 @@ def run_child(args) -> None:
                 times[k].append(time.perf_counter() - t0)
     ref = tokens["official"]
     t_off = statistics.median(times["official"])
-    for p in args.precision:
+    for p in [k for k in runners if k != "official"]:
         ratios = [a / b for a, b in zip(times["official"], times[p])]
         same = (tokens[p].long() == ref.long()).float().mean().item()
         row = {"job": job, "batch": batch, "precision": p, "ours_precision": chosen[p],
                "threads": torch.get_num_threads(), "official_s": round(t_off, 3),
                "ours_s": round(statistics.median(times[p]), 3), "official_over_ours": round(statistics.median(ratios), 3),
                "rounds": args.repeats}
+        if p.endswith("+compile"):
+            row["first_run_s_incl_compile"] = round(first_run[p], 1)
         if chosen[p] == "fp32":
             row["tokens_equal"] = bool(same == 1.0)
         else:
@@ -212,6 +224,10 @@ def main(argv=None):
     ap.add_argument("--precision", nargs="+", default=["fp32", "auto"],
                     help="our precisions to time (fp32 | fp16 | bf16 | int8 | auto)")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up")
+    ap.add_argument("--compile-jobs", nargs="*", choices=list(JOBS), default=[],
+                    help="also time these jobs with our compiled steps (torch.compile; the one-time compilation "
+                         "is in the warm-up, reported as first_run_s_incl_compile; on a CPU VAR's ten scale "
+                         "graphs take minutes to compile)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gpt-grid", type=int, default=16, help="token grid side (16: 256 tokens, 256 px)")
