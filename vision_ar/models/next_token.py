@@ -382,6 +382,7 @@ class GPT(PretrainedMixin, nn.Module):
                 return
         self._caches = [KVCache(batch_size, kv_heads, max_seq_len, self.config.head_dim, dtype=dtype,
                                 device=param.device) for _ in self.layers]
+        self._mark_caches_static()
 
     def reset_cache(self) -> None:
         for c in self._caches or []:
@@ -463,14 +464,17 @@ class GPT(PretrainedMixin, nn.Module):
 
         device = self.tok_embeddings.weight.device
         self.rope_rows(0, 1, device)  # the table on the device before tracing
-        self._compile_mode = mode
         self._static_step = compiled(self._static_decode, device, mode, what="GPT decode step", backend=backend)
+        self._mark_caches_static()
+
+    def _mark_caches_static(self) -> None:
+        """CUDA graphs replay fixed addresses: the caches a compiled step writes in place must be marked."""
+        if self._static_step is not None and self._caches and self._caches[0].k.device.type == "cuda":
+            from ..nn.compile import mark_static
+
+            mark_static(*(t for c in self._caches for t in (c.k, c.v)))
 
     def _decode_static(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
-        from ..nn.compile import mark_static
-
-        if tokens.device.type == "cuda":
-            mark_static(*(t for c in self._caches for t in (c.k, c.v)))
         pos = torch.tensor([start_pos], device=tokens.device)
         logits = self._static_step(tokens, pos)
         for c in self._caches:

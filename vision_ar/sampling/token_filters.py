@@ -33,8 +33,8 @@ def top_k_top_p_filter(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0,
                        min_tokens_to_keep: int = 1) -> torch.Tensor:
     """logits (B, V) -> a copy with filtered entries set to -inf (HF `top_k_top_p_filtering` semantics)."""
     neg_inf = float("-inf")
-    if min_tokens_to_keep == 1:  # the same result without sorting the vocabulary (fast_filters.py)
-        out = logits.clone()
+    if min_tokens_to_keep == 1 and 0 < top_k < logits.shape[-1] and top_p < 1.0:
+        out = logits.clone()  # the same result without sorting the vocabulary (fast_filters.py)
         if top_k_top_p_sortless_(out, int(top_k), float(top_p), "hf"):
             return out
     if top_k > 0:
