@@ -50,7 +50,8 @@ def run_one(model: str, batch: int, threads: int, precision: str = "fp32") -> di
         t_gen = time.perf_counter() - t0
         vq.decode(tokens.view(batch, side, side))
         t_all = time.perf_counter() - t0
-    return {"model": model, "batch": batch, "threads": threads, "precision": chosen, "tokens": n, "tokens_per_s": round(batch * n / t_gen, 1),
+    return {"model": model, "batch": batch, "threads": threads, "precision": chosen, "tokens": n,
+            "tokens_per_s": round(batch * n / t_gen, 1),
             "generate_seconds": round(t_gen, 3), "images_per_s": round(batch / t_all, 3),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 

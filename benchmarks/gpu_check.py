@@ -96,7 +96,8 @@ def section_parity():
         vq = vq.eval().to(dev)
         vio = load_file(lg / "vq_io.safetensors")
         h, w = vio["quant"].shape[2:]
-        check("llamagen vq decode", _diff(vq.decode(vio["codes"].view(-1, h, w).to(dev)), vio["recon_from_codes"]), 1e-4)
+        rec = vq.decode(vio["codes"].view(-1, h, w).to(dev))
+        check("llamagen vq decode", _diff(rec, vio["recon_from_codes"]), 1e-4)
         gmeta = json.loads((lg / "gpt_config.json").read_text())
         gpt = GPT(GPTConfig.from_official_args(gmeta["model_args"]))
         sd = {k: v for k, v in load_file(lg / "gpt_state_dict.safetensors").items()
@@ -158,7 +159,8 @@ def section_kernel():
         a_ref, r_ref = accept_resample_torch(*args)
         a, r = accept_resample_triton(*args)
         bad += int(not (torch.equal(a_ref, a) and torch.equal(r_ref, r)))
-    emit(check="triton accept/resample == torch reference", cases=5, mismatches=bad, result="PASS" if bad == 0 else "FAIL")
+    emit(check="triton accept/resample == torch reference", cases=5, mismatches=bad,
+         result="PASS" if bad == 0 else "FAIL")
 
 
 # ----------------------------------------------------------------------------------------------------

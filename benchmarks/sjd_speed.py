@@ -4,15 +4,15 @@ wall time, for each draft initialisation.
     python benchmarks/sjd_speed.py --model fmnist-gpt --images 64 --cfg 2.0          # the shipped Fashion-MNIST GPT
     python benchmarks/sjd_speed.py --model path/to/generator_folder --device cuda
     python benchmarks/sjd_speed.py --model gpt-b --tokens 64 --images 2               # random weights (mechanics only)
-
-    python benchmarks/sjd_speed.py --model fmnist-gpt --images 1 --cfg 3.0 --inits vertical --precision bf16 --repeats 5
+    python benchmarks/sjd_speed.py --model fmnist-gpt --images 1 --cfg 3.0 --inits vertical --precision bf16 \
+        --repeats 5                                                                 # batch 1, same precision
 
 --model: a shipped pipeline name, a pipeline folder (its `generator/` sub-folder is used), a GPT folder
 (`config.json` + `model.safetensors`), or a preset name (random weights: acceptance is then meaningless).
 --precision converts the GPT's linear layers for BOTH samplers (vision_ar/precision.py; "auto" measures at the
 window's row count); --repeats alternates plain and SJD runs and reports medians, `speedup_wall` being the
-median of the per-round time ratios. Prints one JSON line per sampler. The target of the project is >= 2x fewer forwards per image than the
-plain loop (one forward per token) on the trained Fashion-MNIST GPT.
+median of the per-round time ratios. Prints one JSON line per sampler. The target of the project is >= 2x fewer
+forwards per image than the plain loop (one forward per token) on the trained Fashion-MNIST GPT.
 """
 from __future__ import annotations
 

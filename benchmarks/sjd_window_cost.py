@@ -81,7 +81,8 @@ def main(argv=None):
         time_decode(model, window, start, 2, device)  # warm-up
         ms_one = time_decode(model, one, start, args.repeats, device)
         ms_window = time_decode(model, window, start, args.repeats, device)
-    print(json.dumps({"preset": args.preset, "device": args.device, "dtype": args.dtype, "precision": args.precision, "batch": args.batch,
+    print(json.dumps({"preset": args.preset, "device": args.device, "dtype": args.dtype, "precision": args.precision,
+                      "batch": args.batch,
                       "threads": torch.get_num_threads(), "prefix": args.prefix, "window": args.window,
                       "ms_single_token_step": round(ms_one, 2), "ms_window": round(ms_window, 2),
                       "window_over_step": round(ms_window / ms_one, 2)}))

@@ -1,6 +1,6 @@
 """Sampling speed against the official code, side by side, same weights, same settings, one run.
 
-    python benchmarks/vs_official.py --var-src ~/src/VAR --llamagen-src ~/src/LlamaGen          # both jobs, batch 1 and 16
+    python benchmarks/vs_official.py --var-src ~/src/VAR --llamagen-src ~/src/LlamaGen      # both jobs, batch 1 and 16
     python benchmarks/vs_official.py --llamagen-src ~/src/LlamaGen --jobs gpt --batch 1 --precision fp32 auto
 
 --var-src / --llamagen-src: checkouts of github.com/FoundationVision/VAR and github.com/FoundationVision/LlamaGen
@@ -203,7 +203,8 @@ def run_child(args) -> None:
         same = (tokens[p].long() == ref.long()).float().mean().item()
         row = {"job": job, "batch": batch, "precision": p, "ours_precision": chosen[p],
                "threads": torch.get_num_threads(), "official_s": round(t_off, 3),
-               "ours_s": round(statistics.median(times[p]), 3), "official_over_ours": round(statistics.median(ratios), 3),
+               "ours_s": round(statistics.median(times[p]), 3),
+               "official_over_ours": round(statistics.median(ratios), 3),
                "rounds": args.repeats}
         if p.endswith("+compile"):
             row["first_run_s_incl_compile"] = round(first_run[p], 1)
@@ -258,7 +259,8 @@ def main(argv=None):
                     print(line, flush=True)
                     rows.append(json.loads(line))
     if rows:
-        print("\n| job | batch | ours | official s | ours s | official / ours | tokens |\n|---|---|---|---|---|---|---|")
+        print("\n| job | batch | ours | official s | ours s | official / ours | tokens |")
+        print("|---|---|---|---|---|---|---|")
         for r in rows:
             tok = (("equal" if r["tokens_equal"] else "DIFFER") if "tokens_equal" in r
                    else f"{100 * r['tokens_agree']:.1f}% agree")

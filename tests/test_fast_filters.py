@@ -24,7 +24,8 @@ def cases(n=120, seed=0):
     g = torch.Generator().manual_seed(seed)
     for i in range(n):
         V = int(torch.randint(8, 2000, (), generator=g))
-        x = torch.randn(int(torch.randint(1, 5, (), generator=g)), V, generator=g) * (0.1 + 5 * torch.rand((), generator=g))
+        rows = int(torch.randint(1, 5, (), generator=g))
+        x = torch.randn(rows, V, generator=g) * (0.1 + 5 * torch.rand((), generator=g))
         k = int(torch.randint(1, V, (), generator=g))
         p = float(torch.rand((), generator=g))
         yield x, k, p

@@ -67,7 +67,8 @@ class CastLinear(nn.Module):
         xc = x.to(self.compute_dtype)
         if self._pack and x.device.type == "cpu" and self.weight.device.type == "cpu":
             if self._packed is None:
-                self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, max(xc.numel() // self.in_features, 1))
+                rows = max(xc.numel() // self.in_features, 1)  # a hint for the layout, any rows work after
+                self._packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, rows)
             y = torch.ops.mkldnn._linear_pointwise(xc, self._packed, None, "none", [], "")
         else:
             y = F.linear(xc, self.weight)
