@@ -299,11 +299,11 @@ class GPT(PretrainedMixin, nn.Module):
                               f"{'available' if self.cls_embedding.has_null_class else 'absent'}); got "
                               f"min {int(cond_idx.min())}, max {int(cond_idx.max())}.")
 
-    def _check_tokens(self, idx: torch.Tensor, name: str = "idx") -> None:
+    def _check_tokens(self, idx: torch.Tensor, name: str = "idx", values: bool = True) -> None:
         if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.is_floating_point():
             raise ConfigError(f"{name} must be a 2-D integer tensor of token ids (B, T), got "
                               f"{getattr(idx, 'shape', type(idx))}.")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
+        if values and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
             raise ConfigError(f"{name} holds token ids outside [0, {self.vocab_size - 1}] (min {int(idx.min())}, "
                               f"max {int(idx.max())}); the tokenizer's codebook must match vocab_size.")
 
@@ -505,7 +505,10 @@ class GPT(PretrainedMixin, nn.Module):
         start_pos may be < cache_length: the cache is first rolled back to start_pos (speculative decoding
         re-feeding a draft); it may not be > cache_length (a gap) nor run past the cache.
         """
-        self._check_tokens(tokens, "tokens")
+        # The id range check reads the tokens back to the host: a compiled GPU step skips it (it would wait for
+        # the GPU at every token; an out-of-range id still fails, in the embedding lookup).
+        compiled_gpu_step = self._static_step is not None and tokens.device.type == "cuda" and tokens.shape[1] == 1
+        self._check_tokens(tokens, "tokens", values=not compiled_gpu_step)
         self._require_cache(tokens.shape[0])
         if torch.is_tensor(start_pos) and start_pos.ndim == 1:  # one start per row
             starts = start_pos.to(device=tokens.device, dtype=torch.long)
