@@ -50,11 +50,14 @@ def parse_pipe_args(pairs: list[str]) -> dict:
 
 
 def generate(model: str, n: int, cfg: float | None, sampler: str | None, seed: int, batch_size: int,
-             device: str, pipe_args: dict) -> tuple[torch.Tensor, torch.Tensor, float, float | None]:
+             device: str, pipe_args: dict, precision: str = "fp32"
+             ) -> tuple[torch.Tensor, torch.Tensor, float, float | None]:
     """(`N,3,H,W` float in [-1, 1] on CPU, labels, seconds, the guidance scale used) from a pipeline."""
     from vision_ar.pipelines import load_pipeline  # lazy: written by the pipelines helper, heavy to import
+    from vision_ar.precision import apply_precision
 
     pipe = load_pipeline(model, device=device)
+    apply_precision(pipe, precision, batch_size=min(batch_size, n))
     labels = balanced_labels(n)
     gen = torch.Generator(device=device).manual_seed(seed)
     kwargs = dict(pipe_args)
@@ -116,6 +119,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 | auto (vision_ar/precision.py)")
     p.add_argument("--classifier", default=None, help="classifier folder (default: the shipped one)")
     p.add_argument("--save-samples", type=Path, default=None, help="also write the samples as an ADM .npz")
     p.add_argument("--out", type=Path, default=None, help="append the JSON row to this .jsonl file")
@@ -134,7 +138,7 @@ def main(argv=None) -> dict:
         model, seconds, cfg = str(args.npz), None, args.cfg
     else:
         images, labels, seconds, cfg = generate(args.model, args.n, args.cfg, args.sampler, args.seed, args.batch_size,
-                                           args.device, parse_pipe_args(args.pipe_arg))
+                                           args.device, parse_pipe_args(args.pipe_arg), args.precision)
         model = args.model
         if args.save_samples is not None:
             save_npz(args.save_samples, images, labels)
@@ -142,6 +146,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     metrics = evaluator.evaluate(images, labels)
     row = {"model": model, "cfg": cfg, "sampler": args.sampler or "default",
+           **({"precision": args.precision} if args.npz is None else {}),
            **({"pipe_args": parse_pipe_args(args.pipe_arg)} if args.pipe_arg else {}),
            "accuracy": round(metrics["accuracy"], 4), "fid": round(metrics["fid"], 4),
            "fid_floor_train_vs_test": round(metrics["fid_floor_train_vs_test"], 4), "n": metrics["n"],

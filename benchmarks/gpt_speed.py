@@ -17,7 +17,7 @@ import sys
 import time
 
 
-def run_one(model: str, batch: int, threads: int) -> dict:
+def run_one(model: str, batch: int, threads: int, precision: str = "fp32") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -35,6 +35,10 @@ def run_one(model: str, batch: int, threads: int) -> dict:
         gpt = create(model).eval()
         vq = create("vq-16").eval()
         num_classes, cfg = 1000, 2.0
+    from vision_ar.pipelines.gpt import GPTPipeline
+    from vision_ar.precision import apply_precision
+
+    chosen = apply_precision(GPTPipeline(vq, gpt), precision, batch_size=batch).describe()
     n = gpt.config.block_size
     cond = torch.arange(batch) % num_classes
     g = torch.Generator().manual_seed(0)
@@ -45,7 +49,8 @@ def run_one(model: str, batch: int, threads: int) -> dict:
         t_gen = time.perf_counter() - t0
         vq.decode(gpt.token_layout.unflatten(tokens))
         t_all = time.perf_counter() - t0
-    return {"model": model, "batch": batch, "threads": threads, "tokens": n, "tokens_per_s": round(batch * n / t_gen, 1),
+    return {"model": model, "batch": batch, "threads": threads, "precision": chosen, "tokens": n,
+            "tokens_per_s": round(batch * n / t_gen, 1),
             "generate_seconds": round(t_gen, 3), "images_per_s": round(batch / t_all, 3),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
 
@@ -55,14 +60,16 @@ def main():
     ap.add_argument("--model", default="gpt-b")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 | auto (vision_ar/precision.py)")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        print(json.dumps(run_one(args.model, args.batch[0], args.threads)))
+        print(json.dumps(run_one(args.model, args.batch[0], args.threads, args.precision)))
         return
     for b in args.batch:
         out = subprocess.run([sys.executable, __file__, "--_child", "--model", args.model, "--batch", str(b),
-                              "--threads", str(args.threads)], capture_output=True, text=True)
+                              "--threads", str(args.threads), "--precision", args.precision],
+                             capture_output=True, text=True)
         print(out.stdout.strip() or out.stderr.strip()[-2000:], flush=True)
 
 

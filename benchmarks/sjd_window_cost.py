@@ -7,6 +7,12 @@ once for all L tokens). This times, for a LlamaGen preset with random weights (d
 
     python benchmarks/sjd_window_cost.py                       # gpt-b, CPU, batch 1, window 16
     python benchmarks/sjd_window_cost.py --device cuda --batch 2 --dtype bfloat16
+    python benchmarks/sjd_window_cost.py --batch 2 --precision bf16      # batch 1 with CFG, bf16 linear layers
+
+--precision converts the linear layers as `vision-ar sample --precision` does (vision_ar/precision.py; "auto"
+measures at the window's row count). The window amortises the weight reads only where a product of
+window x batch rows costs about as much as one of batch rows: at the memory bound, and for kernels whose cost
+does not grow with the rows (e.g. bf16 on AMX; the int8 weight-only kernel's does).
 
 Prints one JSON line: median milliseconds of each call and their ratio. A ratio well below `window`
 means a window verifying k tokens on average is ~k / ratio times faster than the plain loop per forward.
@@ -50,12 +56,18 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 | auto (linear layers)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model = create(args.preset).to(device=device, dtype=dtype).eval()
+    if args.precision != "fp32":
+        from vision_ar.precision import Workload, convert_linears, resolve_precision
+
+        chosen = resolve_precision(args.precision, device, workload=Workload.of(model, args.batch * args.window))
+        convert_linears(model, chosen)
     g = torch.Generator().manual_seed(0)
     vocab = model.vocab_size
     model.setup_cache(args.batch, model.cls_token_num + model.block_size, dtype=dtype)
@@ -69,7 +81,8 @@ def main(argv=None):
         time_decode(model, window, start, 2, device)  # warm-up
         ms_one = time_decode(model, one, start, args.repeats, device)
         ms_window = time_decode(model, window, start, args.repeats, device)
-    print(json.dumps({"preset": args.preset, "device": args.device, "dtype": args.dtype, "batch": args.batch,
+    print(json.dumps({"preset": args.preset, "device": args.device, "dtype": args.dtype, "precision": args.precision,
+                      "batch": args.batch,
                       "threads": torch.get_num_threads(), "prefix": args.prefix, "window": args.window,
                       "ms_single_token_step": round(ms_one, 2), "ms_window": round(ms_window, 2),
                       "window_over_step": round(ms_window / ms_one, 2)}))

@@ -17,7 +17,7 @@ import sys
 import time
 
 
-def run_one(model: str, batch: int, repeats: int, threads: int) -> dict:
+def run_one(model: str, batch: int, repeats: int, threads: int, precision: str = "fp32") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -35,6 +35,10 @@ def run_one(model: str, batch: int, repeats: int, threads: int) -> dict:
         var = create(model).eval()
         vae = create("var-vqvae-f16", patch_nums=var.config.patch_nums).eval()
         num_classes, cfg = 1000, 4.0
+    from vision_ar.pipelines.var import VARPipeline
+    from vision_ar.precision import apply_precision
+
+    chosen = apply_precision(VARPipeline(vae, var), precision, batch_size=batch).describe()
     labels = [i % num_classes for i in range(batch)]
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
@@ -43,7 +47,7 @@ def run_one(model: str, batch: int, repeats: int, threads: int) -> dict:
         for _ in range(repeats):
             sample_next_scale(var, vae, labels, g, cfg=cfg, top_k=900, top_p=0.96)
         dt = (time.perf_counter() - t0) / repeats
-    return {"model": model, "batch": batch, "threads": threads, "seconds_per_batch": round(dt, 3),
+    return {"model": model, "batch": batch, "threads": threads, "precision": chosen, "seconds_per_batch": round(dt, 3),
             "images_per_s": round(batch / dt, 3), "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
             "torch": torch.__version__}
 
@@ -54,14 +58,16 @@ def main():
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 | auto (vision_ar/precision.py)")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:
-        print(json.dumps(run_one(args.model, args.batch[0], args.repeats, args.threads)))
+        print(json.dumps(run_one(args.model, args.batch[0], args.repeats, args.threads, args.precision)))
         return
     for b in args.batch:
         out = subprocess.run([sys.executable, __file__, "--_child", "--model", args.model, "--batch", str(b),
-                              "--repeats", str(args.repeats), "--threads", str(args.threads)],
+                              "--repeats", str(args.repeats), "--threads", str(args.threads),
+                              "--precision", args.precision],
                              capture_output=True, text=True)
         print(out.stdout.strip() or out.stderr.strip()[-2000:], flush=True)
 

@@ -37,6 +37,9 @@ def add_parser(sub):
     extra = [f"{name} ({f.name})" for f in list_families() for name in f.sampling.samplers[1:]]
     p.add_argument("--sampler", default="default", help=" | ".join(["default"] + extra))
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--precision", default="fp32", help="fp32 (exact) | fp16 | bf16 | int8 | auto (fastest here, "
+                   "measured once); see vision_ar/precision.py")
+    p.add_argument("--parity", action="store_true", help="the official results: fp32 only (refuses reduced modes)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar (shown for several batches)")
     p.add_argument("--out", required=True, help="grid .png/.jpg, or .npz (ADM layout: uint8 arr_0 N,H,W,3 + labels)")
@@ -79,10 +82,16 @@ def run(args) -> int:
     from ..distributed import resolve_device
     from ..pipelines import load_pipeline
     from ..pipelines.batches import sample_in_batches
+    from ..precision import apply_precision, check_precision_request
 
+    check_precision_request(args.precision, args.parity)  # before loading anything
     device = str(resolve_device(args.device))  # an unknown or absent device is refused before loading
     pipe = load_pipeline(args.model, device=device, **load_kwargs(args))
     labels = [c for _ in range(args.repeat) for c in args.classes]  # one grid row per repeat
+    # rows per forward for the precision micro-benchmark: SJD verifies a whole window at once
+    window = (getattr(args, "sjd_window", None) or pipe.defaults.get("sjd_window", 1)) if args.sampler == "sjd" else 1
+    apply_precision(pipe, args.precision, batch_size=min(args.batch_size, len(labels)), tokens_per_forward=window,
+                    parity=args.parity)
     kwargs = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
                                     temperature=args.temperature).items() if v is not None}
     if args.sampler != "default":

@@ -51,6 +51,7 @@ from ..nn.attention import attend
 from ..nn.drop_path import DropPath
 from ..nn.kv_cache import KVCache
 from ..nn.mlp import FFN
+from ..nn.quantized_linear import linear_with_bias
 from ..registry import register_preset
 from ..tokens import TokenLayout
 
@@ -184,8 +185,11 @@ class ScaleSelfAttention(nn.Module):
         self.cache: KVCache | None = None
         self.cache_batch = self.cache_len = 0
 
-    def enable_cache(self, batch: int, max_len: int) -> None:
+    def enable_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None, device=None) -> None:
+        """Start caching; with `dtype` the cache is allocated now (compiled steps must not allocate it)."""
         self.caching, self.cache, self.cache_batch, self.cache_len = True, None, batch, max_len
+        if dtype is not None:
+            self.cache = KVCache(batch, self.num_heads, max_len, self.head_dim, dtype=dtype, device=device)
 
     def disable_cache(self) -> None:
         self.caching, self.cache = False, None
@@ -193,7 +197,7 @@ class ScaleSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
         B, L, C = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = linear_with_bias(self.mat_qkv, x, bias).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, head_dim)
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
@@ -233,9 +237,15 @@ class NextScaleBlock(nn.Module):
         else:
             self.ada_lin = AdaLNProjection(cond_dim, embed_dim, n=6)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
-        """cond: (B, D) class embedding, or with shared_aln the shared projection's (B, 1, 6, C)."""
-        mod = (self.ada_gss + cond) if self.shared_aln else self.ada_lin(cond)
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """The six AdaLN vectors (B, 1, 6, C) of this block for `cond` (see forward)."""
+        return (self.ada_gss + cond) if self.shared_aln else self.ada_lin(cond)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, attn_bias: torch.Tensor | None,
+                mod: torch.Tensor | None = None) -> torch.Tensor:
+        """cond: (B, D) class embedding, or with shared_aln the shared projection's (B, 1, 6, C);
+        mod: this block's `modulation(cond)` when the caller already has it (sampling reuses it every scale)."""
+        mod = self.modulation(cond) if mod is None else mod
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod.unbind(2)  # each (B, 1, C)
         h = self.attn(modulate(self.ln_wo_grad(x), scale1, shift1), attn_bias=attn_bias)
         x = x + self.drop_path(h.mul_(gamma1))
@@ -291,6 +301,8 @@ class VAR(PretrainedMixin, nn.Module):
         # ---- head ----
         self.head_nm = AdaLNHeadNorm(C, C, eps=cfg.norm_eps)
         self.head = nn.Linear(C, cfg.vocab_size)
+        self._mods_cond = self._mods = None  # inference: AdaLN vectors of the current condition
+        self._compiled_blocks = None  # compile_scales
         self.init_weights()
 
     # ------------------------------------------------------------------------------------------------
@@ -353,22 +365,37 @@ class VAR(PretrainedMixin, nn.Module):
         """Level + absolute position embedding of positions [begin, end): (1, end - begin, C)."""
         return self.lvl_embed(self.lvl_1L[:, begin:end]) + self.pos_1LC[:, begin:end]
 
-    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        return self.head(self.head_nm(h_BLC.float(), cond_BD).float()).float()
+    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor,
+                   head_mod: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.head(self.head_nm(h_BLC.float(), cond_BD, head_mod).float()).float()
 
-    def _run_blocks(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attn_bias: torch.Tensor | None):
-        cond = self.shared_ada_lin(cond_BD)
+    def _run_blocks(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor, attn_bias: torch.Tensor | None,
+                    mods: tuple[list[torch.Tensor], tuple] | None = None):
+        """`mods`: every block's modulation and the head's, when already computed for cond_BD."""
+        cond = self.shared_ada_lin(cond_BD) if mods is None else None
+        block_mods, head_mod = mods if mods is not None else ([None] * len(self.blocks), None)
         dtype = _autocast_dtype(x_BLC.device)
         if dtype is not None:  # mixed precision: keep the residual stream, mask and modulation in one dtype
-            x_BLC, cond = x_BLC.to(dtype), cond.to(dtype)
+            x_BLC = x_BLC.to(dtype)
+            cond = cond.to(dtype) if cond is not None else None
+            block_mods = [m.to(dtype) if m is not None else None for m in block_mods]
             attn_bias = attn_bias.to(dtype) if attn_bias is not None else None
-        for block in self.blocks:
+        for block, mod in zip(self.blocks, block_mods):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 # recompute the block in backward instead of storing its activations (memory for compute)
                 x_BLC = torch.utils.checkpoint.checkpoint(block, x_BLC, cond, attn_bias, use_reentrant=False)
             else:
-                x_BLC = block(x_BLC, cond, attn_bias)
-        return self.get_logits(x_BLC, cond_BD)
+                x_BLC = block(x_BLC, cond, attn_bias, mod)
+        return self.get_logits(x_BLC, cond_BD, head_mod)
+
+    def _scale_modulations(self, cond_BD: torch.Tensor) -> tuple[list[torch.Tensor], tuple]:
+        """AdaLN vectors of every block and of the head for cond_BD, computed once per sampling run: the class
+        condition is the same at every scale, and recomputing them read every AdaLN weight once per scale."""
+        if self._mods_cond is not cond_BD:
+            cond = self.shared_ada_lin(cond_BD)
+            self._mods = ([b.modulation(cond) for b in self.blocks], self.head_nm.modulation(cond_BD))
+            self._mods_cond = cond_BD
+        return self._mods
 
     grad_checkpointing = False
 
@@ -402,13 +429,29 @@ class VAR(PretrainedMixin, nn.Module):
     # ------------------------------------------------------------------------------------------------
     # incremental inference (used by vision_ar.sampling.next_scale)
     # ------------------------------------------------------------------------------------------------
+    @property
+    def rows_per_image_step(self) -> int:
+        """Activation rows per image of an average sampling forward (both CFG halves of a mean-sized scale):
+        what vision_ar.precision measures the reduced-precision kernels at."""
+        return 2 * self.L // len(self.patch_nums)
+
     def start_inference(self, batch_size: int) -> None:
         """Enable the static KV caches (L positions each) for a batch of `batch_size` rows (2*B with CFG)."""
+        self._mods_cond = self._mods = None
+        # Compiled scales write into caches allocated here; the eager path allocates at the first scale, in
+        # the dtype the keys then have (autocast or not).
+        eager = self._compiled_blocks is None
+        dtype = None if eager else (_autocast_dtype(self.pos_1LC.device) or self.pos_1LC.dtype)
         for block in self.blocks:
-            block.attn.enable_cache(batch_size, self.L)
+            block.attn.enable_cache(batch_size, self.L, dtype=dtype, device=self.pos_1LC.device)
+        if not eager and self.pos_1LC.device.type == "cuda":
+            from ..nn.compile import mark_static
+
+            mark_static(*(t for b in self.blocks for t in (b.attn.cache.k, b.attn.cache.v)))
 
     def end_inference(self) -> None:
         """Disable and free the KV caches."""
+        self._mods_cond = self._mods = None
         for block in self.blocks:
             block.attn.disable_cache()
 
@@ -450,7 +493,21 @@ class VAR(PretrainedMixin, nn.Module):
         if not self.blocks[0].attn.caching:
             raise ConfigError("forward_scale needs the KV caches: call var.start_inference(batch_size) first "
                               "(or use `with var.inference(batch_size):`).")
-        return self._run_blocks(x_BlC, cond_BD, attn_bias=None)
+        run = self._compiled_blocks or self._run_blocks
+        return run(x_BlC, cond_BD, None, self._scale_modulations(cond_BD))
+
+    def compile_scales(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """Run every scale's blocks + head through torch.compile (one graph per scale: each has its own shapes
+        and cache length; on a GPU captured as CUDA graphs by default). Falls back to eager with one warning
+        where this machine cannot compile. Values within float rounding of the eager path."""
+        from ..nn.compile import compiled
+
+        # one graph per scale (and per CFG batch): raise dynamo's per-function recompile limit to fit them
+        limit = 4 * len(self.patch_nums)
+        if torch._dynamo.config.cache_size_limit < limit:
+            torch._dynamo.config.cache_size_limit = limit
+        self._compiled_blocks = compiled(self._run_blocks, self.pos_1LC.device, mode, what="VAR scale step",
+                                         backend=backend)
 
     @property
     def token_layout(self) -> TokenLayout:

@@ -198,21 +198,26 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: KVCache | None = None,
-                mask: torch.Tensor | None = None, row_starts: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, row_starts: torch.Tensor | None = None,
+                static_pos: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, dim); rope (L, head_dim/2, 2) rows of x's positions.
 
         Without a cache: causal self-attention over x. With a cache: x's keys/values are appended to it and
         x attends to prefix + itself; `mask` (L, prefix+L) bool (True = attend) keeps it causal inside x
-        (None when L == 1: a single new token may see everything cached).
+        (None when L == 1: a single new token may see everything cached). `static_pos` (a tensor): write at that
+        position and attend over the whole cache with `mask` (static shapes for compiled steps).
         """
         b, length, _ = x.shape
         kv = self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([self.dim, kv, kv], dim=-1)
-        q = apply_rope(q.view(b, length, self.n_head, self.head_dim), rope).transpose(1, 2)
-        k = apply_rope(k.view(b, length, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        qk, v = self.wqkv(x).split([self.dim + kv, kv], dim=-1)
+        # q and k rotated in one call (RoPE is elementwise per head: same numbers, half the small ops per step)
+        qk = apply_rope(qk.view(b, length, self.n_head + self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=1)
         v = v.view(b, length, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is not None and row_starts is not None:  # each row writes at its own positions
             k, v, mask = cache.append_rows(k, v, row_starts)
+        elif cache is not None and static_pos is not None:
+            k, v = cache.write_at(static_pos, k, v)
         elif cache is not None:
             k, v = cache.append(k, v)
         if self.n_kv_head != self.n_head:
@@ -233,8 +238,8 @@ class TransformerBlock(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
-    def forward(self, x, rope, cache=None, mask=None, row_starts=None):
-        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, cache, mask, row_starts))
+    def forward(self, x, rope, cache=None, mask=None, row_starts=None, static_pos=None):
+        x = x + self.drop_path(self.attention(self.attention_norm(x), rope, cache, mask, row_starts, static_pos))
         return x + self.drop_path(self.feed_forward(self.ffn_norm(x)))
 
 
@@ -266,6 +271,7 @@ class GPT(PretrainedMixin, nn.Module):
         # would be rounded by model.to(bfloat16), the official table stays float32 whatever the model dtype.
         self._rope: torch.Tensor | None = None
         self._caches: list[KVCache] | None = None
+        self._static_step = None  # compiled single-token step (compile_decode), None = eager
         self._init_weights()
 
     def _init_weights(self):
@@ -296,11 +302,11 @@ class GPT(PretrainedMixin, nn.Module):
             check_label_range(cond_idx.tolist(), self.num_classes,
                               allow_null=allow_null and self.cls_embedding.has_null_class)
 
-    def _check_tokens(self, idx: torch.Tensor, name: str = "idx") -> None:
+    def _check_tokens(self, idx: torch.Tensor, name: str = "idx", values: bool = True) -> None:
         if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.is_floating_point():
             raise ConfigError(f"{name} must be a 2-D integer tensor of token ids (B, T), got "
                               f"{getattr(idx, 'shape', type(idx))}.")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
+        if values and idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
             raise ConfigError(f"{name} holds token ids outside [0, {self.vocab_size - 1}] (min {int(idx.min())}, "
                               f"max {int(idx.max())}); the tokenizer's codebook must match vocab_size.")
 
@@ -379,6 +385,7 @@ class GPT(PretrainedMixin, nn.Module):
                 return
         self._caches = [KVCache(batch_size, kv_heads, max_seq_len, self.config.head_dim, dtype=dtype,
                                 device=param.device) for _ in self.layers]
+        self._mark_caches_static()
 
     def reset_cache(self) -> None:
         for c in self._caches or []:
@@ -446,6 +453,45 @@ class GPT(PretrainedMixin, nn.Module):
     # Speculative decoding may give every row its own start position (decode with a (B,) LongTensor).
     per_row_positions = True
 
+    # ----------------------------------------------------------------------------------------------
+    # Compiled single-token step (static shapes: CUDA graphs on a GPU)
+    # ----------------------------------------------------------------------------------------------
+    def _static_decode(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """One token per row at position pos (a (1,) tensor): writes every layer's cache at pos and attends
+        over the whole cache with a mask, so shapes never change from step to step. -> logits (B, 1, V)."""
+        h = self.tok_dropout(self.tok_embeddings(tokens))
+        rope = self._rope.index_select(0, pos)
+        mask = (torch.arange(self.cache_capacity, device=pos.device) <= pos)[None, None, None, :]
+        for layer, cache in zip(self.layers, self._caches):
+            h = layer(h, rope, cache, mask, None, pos)
+        return self.output(self.norm(h)).float()
+
+    def compile_decode(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """Route every single-token `decode` at the cache's end through a torch.compile'd static-shape step
+        (mode default: CUDA graphs on a GPU, inductor on a CPU). Falls back to eager with one warning where
+        this machine cannot compile. Not the exact mode: attention over the masked whole cache rounds
+        differently from attention over the prefix (tokens agree, logits within float rounding)."""
+        from ..nn.compile import compiled
+
+        device = self.tok_embeddings.weight.device
+        self.rope_rows(0, 1, device)  # the table on the device before tracing
+        self._static_step = compiled(self._static_decode, device, mode, what="GPT decode step", backend=backend)
+        self._mark_caches_static()
+
+    def _mark_caches_static(self) -> None:
+        """CUDA graphs replay fixed addresses: the caches a compiled step writes in place must be marked."""
+        if self._static_step is not None and self._caches and self._caches[0].k.device.type == "cuda":
+            from ..nn.compile import mark_static
+
+            mark_static(*(t for c in self._caches for t in (c.k, c.v)))
+
+    def _decode_static(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
+        pos = torch.tensor([start_pos], device=tokens.device)
+        logits = self._static_step(tokens, pos)
+        for c in self._caches:
+            c.length = start_pos + 1
+        return logits
+
     @torch.no_grad()
     def prefill(self, cond_idx: torch.Tensor) -> torch.Tensor:
         """Empty the cache, write the class-token position(s) and return the logits (B, V) of image token 0.
@@ -470,7 +516,10 @@ class GPT(PretrainedMixin, nn.Module):
         start_pos may be < cache_length: the cache is first rolled back to start_pos (speculative decoding
         re-feeding a draft); it may not be > cache_length (a gap) nor run past the cache.
         """
-        self._check_tokens(tokens, "tokens")
+        # The id range check reads the tokens back to the host: a compiled GPU step skips it (it would wait for
+        # the GPU at every token; an out-of-range id still fails, in the embedding lookup).
+        compiled_gpu_step = self._static_step is not None and tokens.device.type == "cuda" and tokens.shape[1] == 1
+        self._check_tokens(tokens, "tokens", values=not compiled_gpu_step)
         self._require_cache(tokens.shape[0])
         if torch.is_tensor(start_pos) and start_pos.ndim == 1:  # one start per row
             starts = start_pos.to(device=tokens.device, dtype=torch.long)
@@ -493,6 +542,8 @@ class GPT(PretrainedMixin, nn.Module):
                               f"(at most {self.config.max_positions}).")
         if start_pos < self.cache_length:
             self.truncate_cache(start_pos)
+        if self._static_step is not None and tokens.shape[1] == 1:
+            return self._decode_static(tokens, start_pos)
         return self._cached_step(self.tok_embeddings(tokens), start_pos)
 
     # ----------------------------------------------------------------------------------------------

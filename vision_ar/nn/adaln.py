@@ -40,6 +40,11 @@ class AdaLNHeadNorm(nn.Module):
         self.ln_wo_grad = nn.LayerNorm(embed_dim, eps=eps, elementwise_affine=False)
         self.ada_lin = AdaLNProjection(cond_dim, embed_dim, n=2)
 
-    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
-        scale, shift = self.ada_lin(cond_BD).unbind(2)  # each (B, 1, C)
+    def modulation(self, cond_BD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), each (B, 1, C)."""
+        return self.ada_lin(cond_BD).unbind(2)
+
+    def forward(self, x_BLC: torch.Tensor, cond_BD: torch.Tensor,
+                mod: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        scale, shift = self.modulation(cond_BD) if mod is None else mod
         return modulate(self.ln_wo_grad(x_BLC), scale, shift)

@@ -65,6 +65,15 @@ class KVCache:
         mask = torch.arange(end, device=starts.device)[None, None, None, :] <= pos[:, None, :, None]
         return self.k[:, :, :end], self.v[:, :, :end], mask
 
+    def write_at(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static-shape variant for compiled decode steps (CUDA graphs): write `k, v` (B, H, T, D) at positions
+        pos[0] .. pos[0]+T-1 given as a tensor, return the WHOLE cache (B, H, max_len, D); the caller masks the
+        positions after its own and sets `length` afterwards (no Python number changes inside the graph)."""
+        idx = pos.reshape(-1)[:1] + torch.arange(k.shape[2], device=pos.device)
+        self.k.index_copy_(2, idx, k.to(self.k.dtype))
+        self.v.index_copy_(2, idx, v.to(self.v.dtype))
+        return self.k, self.v
+
     def truncate(self, length: int) -> None:
         """Forget every position from `length` on (e.g. rejected speculative tokens)."""
         if not 0 <= length <= self.length:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ConfigError
+from .fast_filters import top_k_top_p_sortless_
 
 NEG_INF = float("-inf")
 
@@ -154,9 +155,13 @@ def top_p_mask_(logits: torch.Tensor, top_p: float, convention: SamplingConventi
 def filter_logits(logits: torch.Tensor, convention: SamplingConvention, *, temperature: float = 1.0,
                   top_k: int = 0, top_p: float | None = None) -> torch.Tensor:
     """temperature -> top-k -> top-p: a new tensor, -inf where removed. `logits` is not modified.
-    top_p=None means the convention's "off" value."""
+    top_p=None means the convention's "off" value. With both filters on, the nucleus runs on the row rebuilt
+    from top-k's partial sort (`fast_filters.py`: bitwise the full-sort result, no sort of the vocabulary)."""
     top_p = convention.top_p_off if top_p is None else top_p
     filtered = apply_temperature(logits, temperature, convention)
+    if top_p != convention.top_p_off and top_k_top_p_sortless_(filtered, int(top_k), float(top_p),
+                                                                convention.nucleus):
+        return filtered
     return top_p_mask_(top_k_mask_(filtered, top_k), top_p, convention)
 
 

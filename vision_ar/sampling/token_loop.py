@@ -95,7 +95,7 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
 
         logits = model.prefill(labels)
         token, probs = draw(0, guided_logits(logits, cfg_scale, convention) if use_cfg else logits)
-        tokens, all_probs = [token], [probs]
+        tokens, all_probs = [token], ([probs] if return_probs else None)  # (B, V) per step only when asked
         for i in range(max_new_tokens - 1):
             guide = not (cfg_interval > -1 and i > cfg_interval)
             fed = torch.cat([token, token]) if use_cfg else token
@@ -104,7 +104,8 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
                 logits = guided_logits(logits, cfg_scale, convention) if guide else logits.chunk(2)[0]
             token, probs = draw(i + 1, logits)
             tokens.append(token)
-            all_probs.append(probs)
+            if return_probs:
+                all_probs.append(probs)
     finally:
         model.train(was_training)
 
