@@ -23,7 +23,7 @@ python benchmarks/flextok_recon.py runs/fm_flextok/final --n 1000 --grid docs/fm
 # 3. next-token GPT over the 1D token sequence (1D positions), class-conditional (10% class dropout for CFG)
 vision-ar train generator --model gpt-flextok-fmnist --tokenizer runs/fm_flextok/final --data fashion-mnist \
   --out runs/fm_flextok_gpt --steps "$GPT_STEPS" --set batch_size=64 --set lr=8e-4 --set warmup_steps=100 \
-  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
+  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 4. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package; then declare it

@@ -13,7 +13,7 @@ vision-ar train tokenizer --model vq-fmnist --data fashion-mnist --out runs/fm_v
 # 2. GPT on the cached codes (raster order) of that tokenizer (teacher forcing, 10% class dropout for CFG)
 vision-ar train generator --model gpt-fmnist --tokenizer runs/fm_vq/final --data fashion-mnist \
   --out runs/fm_gpt --steps 2800 --set batch_size=64 --set lr=8e-4 --set warmup_steps=100 \
-  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
+  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 3. decoder fine-tuning on the frozen codes (the GPT stays valid): L1 + PatchGAN from step 300.

@@ -13,7 +13,7 @@ vision-ar train tokenizer --model var-vqvae-fmnist --data fashion-mnist --out ru
 # 2. VAR transformer on the cached codes of that tokenizer (teacher forcing, 10% class dropout for CFG)
 vision-ar train generator --model var-fmnist --tokenizer runs/fm_var_vae/final --data fashion-mnist \
   --out runs/fm_var --steps 1100 --set batch_size=64 --set lr=8e-4 --set warmup_steps=100 \
-  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
+  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 3. decoder fine-tuning on the frozen codes (the generator stays valid): L1 + PatchGAN from step 300.

@@ -20,7 +20,7 @@ python scripts/calibrate_kl_scale.py runs/fm_kl/final --n 10000
 #    4 cells of 4x4 tokens, Noisy Context Learning, flow matching per entity, 10% class dropout for CFG
 vision-ar train generator --model xar-fmnist --tokenizer runs/fm_kl/final --data fashion-mnist \
   --out runs/fm_xar --steps "$XAR_STEPS" --set batch_size=64 --set lr=5e-4 --set warmup_steps=200 \
-  --set weight_decay=0.02 --set ema_decay=0.999 --set ema_warmup=true --set precision=bf16 \
+  --set weight_decay=0.02 --set ema_decay=0.999 --set ema_warmup=true \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 4. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package

@@ -286,7 +286,10 @@ def test_bf16_autocast_and_grad_checkpointing_switch(tmp_path):
     assert all(p.dtype == torch.float32 for p in task.model.parameters())  # autocast: fp32 master weights
     seen.clear()
     train(Probe(), make_data(), cfg_for(tmp_path, out_dir=str(tmp_path / "fp32"), max_steps=1))
-    assert seen[0] == (torch.float32, False)  # 'auto' on CPU = fp32
+    from vision_ar.precision import cpu_has_native_bf16
+
+    # 'auto' on a CPU: bf16 autocast only where the CPU runs bf16 natively (AVX512-BF16 / AMX), else fp32
+    assert seen[0] == ((torch.bfloat16, True) if cpu_has_native_bf16() else (torch.float32, False))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ class TrainConfig:
     progress: bool = True              # tqdm bar on rank 0
     # ---- hardware
     device: str = "auto"               # 'auto' = cuda:LOCAL_RANK when CUDA is available, else cpu
-    precision: str = "auto"            # 'auto' (bf16 on CUDA, fp32 on CPU) | 'fp32' | 'bf16' (autocast)
+    precision: str = "auto"            # 'auto' (bf16 on CUDA; on a CPU bf16 only where measured faster) | 'fp32' | 'bf16'
     grad_checkpointing: bool = False   # calls model.set_grad_checkpointing(True)
     fsdp: bool = False                 # shard params/grads/optimizer state (FSDP2) instead of DDP, for 1B+ models
     max_nonfinite_in_row: int = 5      # stop with an error after this many skipped steps in a row
