@@ -301,7 +301,7 @@ def _resolved_precision(requested: str, device_type: str) -> torch.dtype | None:
     dtype = torch.bfloat16 if fast else None
     if requested == "auto":
         print(f"training precision auto -> {'bf16 autocast' if fast else 'fp32'} on {device_type} ({why})",
-              file=sys.stderr, flush=True)
+              flush=True)  # stdout: stderr is for errors and warnings
     return dtype
 
 
