@@ -57,7 +57,8 @@ def generate(model: str, n: int, cfg: float | None, sampler: str | None, seed: i
     from vision_ar.precision import apply_precision
 
     pipe = load_pipeline(model, device=device)
-    apply_precision(pipe, precision, batch_size=min(batch_size, n))
+    if precision != "fp32" or hasattr(pipe, "generator"):  # a stand-in callable has no components to convert
+        apply_precision(pipe, precision, batch_size=min(batch_size, n))
     labels = balanced_labels(n)
     gen = torch.Generator(device=device).manual_seed(seed)
     kwargs = dict(pipe_args)

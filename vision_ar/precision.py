@@ -436,11 +436,13 @@ def apply_precision(pipe, requested: str = "fp32", *, batch_size: int = 1, token
     compute-bound where a single token is memory-bound)."""
     generator, tokenizer = pipe.generator, pipe.tokenizer
     device = next(generator.parameters()).device
+    current = getattr(pipe, "precision", None)
+    if current is not None and not current.exact and requested == current.name:
+        return current  # already converted to this mode (not measured again: a timing may pick another variant)
     # the exact mode converts nothing, so a generator without linear layers (a toy family) still runs
     workload = Workload.of(generator, rows_per_step(generator, batch_size) * max(int(tokens_per_forward), 1)) \
         if requested != "fp32" else None
     precision = resolve_precision(requested, device, parity=parity, workload=workload, verbose=verbose)
-    current = getattr(pipe, "precision", None)
     if current is not None and not current.exact:
         if current == precision:
             return precision
