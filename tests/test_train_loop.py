@@ -178,6 +178,22 @@ def test_restart_before_the_first_checkpoint_and_stale_temporaries(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == [LATEST, METRICS]
 
 
+def test_resume_on_a_machine_that_resolves_another_precision_is_a_changed_setting(tmp_path, monkeypatch):
+    """precision='auto' follows the CPU (bf16 where it runs natively): a run moved to a CPU that resolves it to
+    fp32 would no longer continue exactly, so the resolved precision is recorded and compared like a setting."""
+    from vision_ar.train import loop
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(loop, "autocast_name", lambda r: "bf16")  # as written on an AVX512-BF16 machine
+    train(Regress(), make_data(), cfg_for(tmp_path, max_steps=2))
+    assert torch.load(run / LATEST, weights_only=True)["settings"]["machine"] == {"autocast": "bf16"}
+    monkeypatch.setattr(loop, "autocast_name", lambda r: "fp32")  # resumed on an AVX2-only one
+    with pytest.raises(ConfigError, match="machine.autocast: 'bf16' then, 'fp32' now.*--allow-changed-settings"):
+        train(Regress(), make_data(), cfg_for(tmp_path, max_steps=4))
+    assert train(Regress(), make_data(), cfg_for(tmp_path, max_steps=4, allow_changed_settings=True)).step == 4
+    assert "machine.autocast" in json.loads((run / "resume_log.jsonl").read_text().splitlines()[0])["changed"]
+
+
 def test_resume_with_changed_settings_is_refused_unless_allowed(tmp_path):
     run = tmp_path / "run"
     train(Regress(), make_data(), cfg_for(tmp_path, max_steps=2))

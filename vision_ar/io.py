@@ -144,25 +144,29 @@ def describe_source(source) -> str:
     return str(source) if isinstance(source, (str, os.PathLike)) else "state_dict"
 
 
+def mismatch_lines(expected: Mapping[str, tuple], sd: Mapping[str, torch.Tensor]) -> list[str]:
+    """Every way `sd` differs from `expected` ({key: shape}), one line per kind (empty when it fits):
+    missing keys, unexpected keys, wrong shapes. Shared by every strict loader so reports read alike."""
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(expected[k])}" for k in expected
+             if k in sd and tuple(sd[k].shape) != tuple(expected[k])]
+    return [f"  {what} ({len(keys)}): {keys}" for what, keys in
+            (("missing keys", missing), ("unexpected keys", unexpected), ("wrong shapes", wrong)) if keys]
+
+
 def load_state_dict_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
-    """Load with every mismatch listed at once: missing keys, unexpected keys, wrong shapes."""
+    """Load with every mismatch listed at once: missing keys, unexpected keys, wrong shapes or dtypes."""
     own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
-    wrong += [f"{k}: checkpoint {sd[k].dtype} vs model {own[k].dtype}" for k in own
-              if k in sd and _kind(sd[k]) != _kind(own[k])]  # load_state_dict would cast silently
-    if missing or unexpected or wrong:
-        lines = [f"{what} does not fit {type(model).__name__}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {missing}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
-        if wrong:
-            lines.append(f"  wrong shapes or dtypes ({len(wrong)}): {wrong}")
-        lines.append("  Check that the preset/config matches the checkpoint (depth, width, vocabulary, image size).")
-        raise CheckpointError("\n".join(lines))
+    lines = mismatch_lines({k: tuple(t.shape) for k, t in own.items()}, sd)
+    wrong_kind = [f"{k}: checkpoint {sd[k].dtype} vs model {own[k].dtype}" for k in own
+                  if k in sd and _kind(sd[k]) != _kind(own[k])]  # load_state_dict would cast silently
+    if wrong_kind:
+        lines.append(f"  wrong dtypes ({len(wrong_kind)}): {wrong_kind}")
+    if lines:
+        raise CheckpointError("\n".join([f"{what} does not fit {type(model).__name__}:", *lines,
+                                         "  Check that the preset/config matches the checkpoint (depth, width, "
+                                         "vocabulary, image size)."]))
     check_finite(model, sd, what)
     model.load_state_dict(dict(sd), strict=True)
 

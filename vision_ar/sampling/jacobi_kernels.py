@@ -185,3 +185,38 @@ def accept_resample(target, draft_probs, drafts, num_drafts, uniforms, inv_exp, 
     if resolve_backend(backend, target.device) == "triton":
         return accept_resample_triton(target, draft_probs, drafts, num_drafts, uniforms, inv_exp)
     return accept_resample_torch(target, draft_probs, drafts, num_drafts, uniforms, inv_exp)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# self-check: the Triton kernel against the torch reference (tests under TRITON_INTERPRET=1, GPU checks on CUDA)
+# ----------------------------------------------------------------------------------------------------------
+def random_accept_case(B: int, K: int, V: int, seed: int, sharpness: float = 2.0, edge_cases: bool = False):
+    """Random inputs (p, q, x, n, u, w) of `accept_resample` on the CPU. edge_cases: row 0 has q = p (no residual
+    mass: rejection impossible), row 1's first draft is one-hot (a freshly initialised draft), the last row has
+    no drafts; they need B >= 3."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.softmax(torch.randn(B, K, V, generator=g) * sharpness, -1)
+    q = torch.softmax(torch.randn(B, K, V, generator=g) * sharpness, -1)
+    if edge_cases:
+        q[0] = p[0]
+        q[1, 0] = 0
+        q[1, 0, min(3, V - 1)] = 1
+    x = torch.multinomial(q.reshape(-1, V), 1, generator=g).view(B, K)
+    n = torch.randint(0, K + 1, (B,), generator=g)
+    if edge_cases:
+        n[-1] = 0
+    u = torch.rand(B, K, generator=g)
+    w = torch.empty(B, V).exponential_(generator=g).reciprocal_()
+    return p, q, x, n, u, w
+
+
+def triton_mismatches(shapes, device: str | torch.device, **case_options) -> list[tuple]:
+    """The (B, K, V) of `shapes` (seeded by position) where the Triton kernel and the torch reference disagree on
+    `device` (on a CPU only under TRITON_INTERPRET=1)."""
+    bad = []
+    for seed, (B, K, V) in enumerate(shapes):
+        args = [t.to(device) for t in random_accept_case(B, K, V, seed, **case_options)]
+        ref, tri = accept_resample_torch(*args), accept_resample_triton(*args)
+        if not (torch.equal(ref[0], tri[0]) and torch.equal(ref[1], tri[1])):
+            bad.append((B, K, V))
+    return bad

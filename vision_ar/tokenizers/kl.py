@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
-from ..io import PretrainedMixin, load_checkpoint, unwrap_state_dict
+from ..io import PretrainedMixin, load_checkpoint, mismatch_lines, unwrap_state_dict
 from ..registry import register_preset
 from ..tokens import TokenLayout, image_hw
 
@@ -118,8 +118,24 @@ class KLConfig:
 # ----------------------------------------------------------------------------------------------------
 _RESNET = {"nin_shortcut": "conv_shortcut"}
 _ATTN = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
-_ATTN_BACK = {v: k for k, v in _ATTN.items()}
-_RESNET_BACK = {v: k for k, v in _RESNET.items()}
+
+# One table serves both directions: (official, diffusers) templates of the key after "encoder." / "decoder.".
+# Fields: {l} a level, kept; {L} a decoder level, which diffusers stores in execution order (deepest first):
+# level x <-> num_levels - 1 - x; {i} a block index, kept; {m} the mid resnet, 1-based officially, 0-based in
+# diffusers; {resnet} / {attn} the rest of a ResNet / attention key, whose leaf module is renamed (_RESNET /
+# _ATTN); {rest} the rest, kept. Keys no template matches (conv_in, conv_out, quant_conv, ...) keep their names.
+_KEY_TEMPLATES = (
+    ("down.{l}.block.{i}.{resnet}", "down_blocks.{l}.resnets.{i}.{resnet}"),
+    ("down.{l}.attn.{i}.{attn}", "down_blocks.{l}.attentions.{i}.{attn}"),
+    ("down.{l}.downsample.{rest}", "down_blocks.{l}.downsamplers.0.{rest}"),
+    ("up.{L}.block.{i}.{resnet}", "up_blocks.{L}.resnets.{i}.{resnet}"),
+    ("up.{L}.attn.{i}.{attn}", "up_blocks.{L}.attentions.{i}.{attn}"),
+    ("up.{L}.upsample.{rest}", "up_blocks.{L}.upsamplers.0.{rest}"),
+    ("mid.block_{m}.{resnet}", "mid_block.resnets.{m}.{resnet}"),
+    ("mid.attn_1.{attn}", "mid_block.attentions.0.{attn}"),
+    ("norm_out.{rest}", "conv_norm_out.{rest}"),
+)
+_FIELD = re.compile(r"\{(\w+)\}")
 
 
 def _rename_leaf(rest: str, table: dict) -> str:
@@ -130,57 +146,45 @@ def _rename_leaf(rest: str, table: dict) -> str:
     return rest
 
 
-def official_to_diffusers_key(key: str, num_levels: int) -> str:
-    """One MAR `AutoencoderKL` key -> the diffusers `AutoencoderKL` key (num_levels = len(ch_mult))."""
-    m = re.fullmatch(r"(encoder|decoder)\.(.*)", key)
-    if not m:
-        return key  # quant_conv / post_quant_conv keep their names
-    part, rest = m.groups()
-    rules = [
-        (r"down\.(\d+)\.block\.(\d+)\.(.*)", lambda g: f"down_blocks.{g[0]}.resnets.{g[1]}.{_rename_leaf(g[2], _RESNET)}"),
-        (r"down\.(\d+)\.attn\.(\d+)\.(.*)", lambda g: f"down_blocks.{g[0]}.attentions.{g[1]}.{_rename_leaf(g[2], _ATTN)}"),
-        (r"down\.(\d+)\.downsample\.(.*)", lambda g: f"down_blocks.{g[0]}.downsamplers.0.{g[1]}"),
-        # diffusers stores decoder levels in execution order (deepest first), the official code by level
-        (r"up\.(\d+)\.block\.(\d+)\.(.*)",
-         lambda g: f"up_blocks.{num_levels - 1 - int(g[0])}.resnets.{g[1]}.{_rename_leaf(g[2], _RESNET)}"),
-        (r"up\.(\d+)\.attn\.(\d+)\.(.*)",
-         lambda g: f"up_blocks.{num_levels - 1 - int(g[0])}.attentions.{g[1]}.{_rename_leaf(g[2], _ATTN)}"),
-        (r"up\.(\d+)\.upsample\.(.*)", lambda g: f"up_blocks.{num_levels - 1 - int(g[0])}.upsamplers.0.{g[1]}"),
-        (r"mid\.block_([12])\.(.*)", lambda g: f"mid_block.resnets.{int(g[0]) - 1}.{_rename_leaf(g[1], _RESNET)}"),
-        (r"mid\.attn_1\.(.*)", lambda g: f"mid_block.attentions.0.{_rename_leaf(g[0], _ATTN)}"),
-        (r"norm_out\.(.*)", lambda g: f"conv_norm_out.{g[0]}"),
-    ]
-    for pattern, build in rules:
-        mm = re.fullmatch(pattern, rest)
-        if mm:
-            return f"{part}.{build(mm.groups())}"
-    return key  # conv_in / conv_out
+def _template_regex(template: str) -> re.Pattern:
+    parts = _FIELD.split(template)  # literal, field, literal, field, ...
+    return re.compile("".join(re.escape(p) if i % 2 == 0 else
+                              (f"(?P<{p}>\\d+)" if p in ("l", "L", "i", "m") else f"(?P<{p}>.*)") for i, p in enumerate(parts)))
 
 
-def diffusers_to_official_key(key: str, num_levels: int) -> str:
-    """The inverse of `official_to_diffusers_key` (used to name mismatches in the official key scheme)."""
+def _convert_field(name: str, value: str, to_diffusers: bool, num_levels: int) -> str:
+    if name == "L":
+        return str(num_levels - 1 - int(value))
+    if name == "m":
+        return str(int(value) + (-1 if to_diffusers else 1))
+    if name in ("resnet", "attn"):
+        table = _RESNET if name == "resnet" else _ATTN
+        return _rename_leaf(value, table if to_diffusers else {v: k for k, v in table.items()})
+    return value
+
+
+def _convert_key(key: str, num_levels: int, to_diffusers: bool) -> str:
     m = re.fullmatch(r"(encoder|decoder)\.(.*)", key)
     if not m:
         return key
     part, rest = m.groups()
-    rules = [
-        (r"down_blocks\.(\d+)\.resnets\.(\d+)\.(.*)", lambda g: f"down.{g[0]}.block.{g[1]}.{_rename_leaf(g[2], _RESNET_BACK)}"),
-        (r"down_blocks\.(\d+)\.attentions\.(\d+)\.(.*)", lambda g: f"down.{g[0]}.attn.{g[1]}.{_rename_leaf(g[2], _ATTN_BACK)}"),
-        (r"down_blocks\.(\d+)\.downsamplers\.0\.(.*)", lambda g: f"down.{g[0]}.downsample.{g[1]}"),
-        (r"up_blocks\.(\d+)\.resnets\.(\d+)\.(.*)",
-         lambda g: f"up.{num_levels - 1 - int(g[0])}.block.{g[1]}.{_rename_leaf(g[2], _RESNET_BACK)}"),
-        (r"up_blocks\.(\d+)\.attentions\.(\d+)\.(.*)",
-         lambda g: f"up.{num_levels - 1 - int(g[0])}.attn.{g[1]}.{_rename_leaf(g[2], _ATTN_BACK)}"),
-        (r"up_blocks\.(\d+)\.upsamplers\.0\.(.*)", lambda g: f"up.{num_levels - 1 - int(g[0])}.upsample.{g[1]}"),
-        (r"mid_block\.resnets\.([01])\.(.*)", lambda g: f"mid.block_{int(g[0]) + 1}.{_rename_leaf(g[1], _RESNET_BACK)}"),
-        (r"mid_block\.attentions\.0\.(.*)", lambda g: f"mid.attn_1.{_rename_leaf(g[0], _ATTN_BACK)}"),
-        (r"conv_norm_out\.(.*)", lambda g: f"norm_out.{g[0]}"),
-    ]
-    for pattern, build in rules:
-        mm = re.fullmatch(pattern, rest)
+    for official, diffusers in _KEY_TEMPLATES:
+        src, dst = (official, diffusers) if to_diffusers else (diffusers, official)
+        mm = _template_regex(src).fullmatch(rest)
         if mm:
-            return f"{part}.{build(mm.groups())}"
+            fields = {k: _convert_field(k, v, to_diffusers, num_levels) for k, v in mm.groupdict().items()}
+            return f"{part}.{dst.format(**fields)}"
     return key
+
+
+def official_to_diffusers_key(key: str, num_levels: int) -> str:
+    """One MAR `AutoencoderKL` key -> the diffusers `AutoencoderKL` key (num_levels = len(ch_mult))."""
+    return _convert_key(key, num_levels, to_diffusers=True)
+
+
+def diffusers_to_official_key(key: str, num_levels: int) -> str:
+    """The inverse of `official_to_diffusers_key` (used to name mismatches in the official key scheme)."""
+    return _convert_key(key, num_levels, to_diffusers=False)
 
 
 def _is_attention_projection(diffusers_key: str) -> bool:
@@ -350,21 +354,12 @@ class KLVAE(PretrainedMixin, nn.Module):
         """Load a MAR-format state_dict (strict): every missing / unexpected / mis-shaped key is listed."""
         sd = unwrap_state_dict(sd, prefer=("model", "state_dict"))
         spec = self.official_state_dict_spec()
-        missing = [k for k in spec if k not in sd]
-        unexpected = [k for k in sd if k not in spec]
-        wrong = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {spec[k]}" for k in spec
-                 if k in sd and tuple(sd[k].shape) != spec[k]]
-        if missing or unexpected or wrong:
-            lines = [f"{what} does not fit this KL-VAE ({self.config}):"]
-            if missing:
-                lines.append(f"  missing keys ({len(missing)}): {missing}")
-            if unexpected:
-                lines.append(f"  unexpected keys ({len(unexpected)}): {unexpected}")
-            if wrong:
-                lines.append(f"  wrong shapes ({len(wrong)}): {wrong}")
-            lines.append("  It is not a MAR KL-VAE of this architecture: check latent_channels, ch, ch_mult, "
-                         "num_res_blocks and encoder_attn_levels (kl16.ckpt: preset 'kl-16').")
-            raise CheckpointError("\n".join(lines))
+        lines = mismatch_lines(spec, sd)
+        if lines:
+            raise CheckpointError("\n".join([f"{what} does not fit this KL-VAE ({self.config}):", *lines,
+                                             "  It is not a MAR KL-VAE of this architecture: check latent_channels, "
+                                             "ch, ch_mult, num_res_blocks and encoder_attn_levels (kl16.ckpt: "
+                                             "preset 'kl-16')."]))
         n = len(self.config.ch_mult)
         converted = {}
         for key, t in sd.items():

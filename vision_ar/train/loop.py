@@ -205,8 +205,8 @@ def resume_run(run: Run, task) -> None:
     """Continue from latest.pt: refuse changed settings unless allowed (and record accepted changes)."""
     path = run.out_dir / LATEST
     ckpt = load_training_checkpoint(path)
-    changes = check_resume_settings(ckpt.get("settings"), run_settings(task, run.cfg, len(run.stream.dataset)),
-                                    run.cfg.allow_changed_settings, path)
+    now = run_settings(task, run.cfg, len(run.stream.dataset), autocast_name(run))
+    changes = check_resume_settings(ckpt.get("settings"), now, run.cfg.allow_changed_settings, path)
     restore_run(run, ckpt, path)
     if run.info.is_main:
         truncate_metrics(run.out_dir / METRICS, run.step)  # the lines logged after it are logged again
@@ -257,7 +257,7 @@ def checkpoint_state(run: Run, task) -> dict:
                          "discriminator": module_training_state(d.raw) if d is not None else {}},
         "log_window": run.window.state_dict(),
         "config": run.cfg.to_dict(),
-        "settings": run_settings(task, run.cfg, len(run.stream.dataset)),
+        "settings": run_settings(task, run.cfg, len(run.stream.dataset), autocast_name(run)),
         "world_size": run.info.world_size,
     }
 
@@ -277,6 +277,11 @@ def save_checkpoint(run: Run, task) -> None:
 # ----------------------------------------------------------------------------------------------------
 # One optimizer step
 # ----------------------------------------------------------------------------------------------------
+def autocast_name(run: Run) -> str:
+    """'bf16' or 'fp32': what this run's `precision` resolves to here (recorded in checkpoints, compared on resume)."""
+    return "bf16" if resolve_precision(run.cfg, run.info.device) is torch.bfloat16 else "fp32"
+
+
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32 (resolved once per run and device, printed once).
 
@@ -292,7 +297,7 @@ def _resolved_precision(requested: str, device_type: str) -> torch.dtype | None:
         return None
     if device_type == "cuda":
         return torch.bfloat16
-    fast, why = _cpu_bf16_is_fast() if device_type == "cpu" else (False, f"no bf16 autocast on {device_type}")
+    fast, why = _cpu_runs_bf16_natively() if device_type == "cpu" else (False, f"no bf16 autocast on {device_type}")
     if requested == "bf16":
         if not fast:  # the user's explicit choice wins, but it should know the cost
             print(f"warning: precision=bf16: {why}; training will be far slower than fp32 (--set precision=auto "
@@ -305,7 +310,7 @@ def _resolved_precision(requested: str, device_type: str) -> torch.dtype | None:
     return dtype
 
 
-def _cpu_bf16_is_fast() -> tuple[bool, str]:
+def _cpu_runs_bf16_natively() -> tuple[bool, str]:
     """(bf16 runs natively here, why). A capability, not a timing: a killed run and its resume must choose the
     same, and a timing on a shared machine can flip. Measured on the project's CPUs (2 threads): AVX512-BF16/AMX
     bf16 matmul ~413 GFLOP/s vs fp32 ~146; AVX2 bf16 emulated at ~0.3 GFLOP/s vs fp32 ~105."""

@@ -36,9 +36,15 @@ def _plain(x):
     return x
 
 
-def run_settings(task, cfg, num_samples: int) -> dict:
-    """{'train', 'data', 'model', 'task'}: every setting whose change would change the run."""
+def run_settings(task, cfg, num_samples: int, autocast: str | None = None) -> dict:
+    """{'train', 'data', 'model', 'task', 'machine'}: every setting whose change would change the run.
+
+    machine.autocast: the precision `precision` resolved to on this machine ('bf16' or 'fp32'): 'auto' follows
+    the CPU, so a run moved from an AVX512-BF16 CPU to an AVX2 one would silently continue in another precision
+    (no longer an exact continuation); recorded, it is a changed setting like any other."""
     out = {"train": {k: v for k, v in _plain(cfg).items() if k not in BOOKKEEPING}, "data": {"samples": num_samples}}
+    if autocast is not None:
+        out["machine"] = {"autocast": autocast}
     model_cfg = getattr(task.model, "config", None)
     if dataclasses.is_dataclass(model_cfg):
         out["model"] = _plain(model_cfg)
@@ -68,6 +74,8 @@ def check_resume_settings(saved: dict | None, now: dict, allow: bool, path: Path
     if saved is None:
         return {}
     changes = changed_settings(saved, now)
+    # checkpoints written before the resolved precision was recorded: nothing to compare it with
+    changes = {k: v for k, v in changes.items() if not (k.startswith("machine.") and v[0] is None)}
     needs_flag = {k: v for k, v in changes.items() if k not in EXTENDS_THE_RUN}
     if needs_flag and not allow:
         listed = "; ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in needs_flag.items())
