@@ -208,6 +208,32 @@ def test_interrupted_in_process_resume_and_final_folder(tmp_path):
         assert torch.equal(p, q)
 
 
+def test_a_paused_run_continues_exactly(tmp_path):
+    """pause_at_step splits a run into sittings: it stops after that step's checkpoint (between the regular ones)
+    with no final folder, and the same command without it continues to the uninterrupted run's state."""
+    from vision_ar.data import FashionMNIST
+
+    torch.set_num_threads(1)
+    data = FashionMNIST("train", limit=96)
+
+    def go(out, **changes):
+        torch.manual_seed(0)
+        cfg = run_config(out, max_steps=8)
+        for k, v in changes.items():
+            setattr(cfg, k, v)
+        return train(ClassifyTask(FolderNet(), None, None), data, cfg)
+
+    go(tmp_path / "ref")
+    paused = go(tmp_path / "cut", pause_at_step=3)
+    assert not paused.finished and paused.step == 3 and load(tmp_path / "cut")["step"] == 3
+    assert not (tmp_path / "cut" / "final").exists()
+    assert go(tmp_path / "cut", pause_at_step=3).step == 3  # already there: nothing to do, still paused
+    assert go(tmp_path / "cut").finished
+    assert_same_state(load(tmp_path / "ref"), load(tmp_path / "cut"))
+    assert metrics_without_timing(tmp_path / "ref") == metrics_without_timing(tmp_path / "cut")
+    assert not (tmp_path / "cut" / "resume_log.jsonl").exists()  # pausing is not a changed setting
+
+
 @needs_fmnist
 def test_the_same_command_twice_gives_the_same_weights(tmp_path):
     """Model initialisation is seeded from the run's seed too (not by whatever ran before in the process)."""

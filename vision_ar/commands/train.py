@@ -110,8 +110,8 @@ def run(args) -> int:
         raise ConfigError("give what to train (tokenizer | generator), --model and --out (see --help)")
     req = build_request(args)
     if isinstance(req, recipes.TokenizerRequest):
-        recipes.train_tokenizer(req)
+        result = recipes.train_tokenizer(req)
     else:
-        recipes.train_generator(req)
-    print(f"done: {Path(args.out).resolve()}")
+        result = recipes.train_generator(req)
+    print(f"{'done' if getattr(result, 'finished', True) else 'paused'}: {Path(args.out).resolve()}")
     return 0

@@ -12,6 +12,9 @@ from ..validation import check_dataclass_types
 class TrainConfig:
     out_dir: str = "runs/exp"
     max_steps: int = 1000              # optimizer steps (a skipped non-finite step counts as a step)
+    # stop after this step's checkpoint without finishing (0 = run to max_steps): a run longer than one sitting
+    # is split into pieces that resume exactly; the schedule follows max_steps throughout
+    pause_at_step: int = 0
     batch_size: int = 64               # GLOBAL samples per optimizer step = micro_batch * grad_accum * world_size
     grad_accum: int = 1                # micro-steps per optimizer step
     # ---- optimizer (AdamW) and schedule
@@ -56,6 +59,7 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(f"TrainConfig: {msg}")
 
+        need(self.pause_at_step >= 0, f"pause_at_step must be >= 0 (0 = never pause), got {self.pause_at_step}")
         need(self.max_steps >= 1, f"max_steps (--steps) must be >= 1, got {self.max_steps}: a run of no steps "
                                    f"would only write untrained weights")
         need(self.grad_accum >= 1, f"grad_accum must be >= 1, got {self.grad_accum}")

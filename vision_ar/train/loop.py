@@ -66,6 +66,7 @@ class TrainResult:
     model: nn.Module                 # the trained (raw, unwrapped) model
     ema_model: nn.Module | None      # a copy holding the EMA weights (None without EMA or under FSDP)
     last_log: dict | None            # the last metrics.jsonl record written
+    finished: bool = True            # False: paused at cfg.pause_at_step (latest.pt written, no final/)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -446,21 +447,27 @@ def _train(task, dataset: Dataset, cfg: TrainConfig, resume: bool, info: DistInf
     if info.is_main and cfg.progress:
         from tqdm import tqdm
         progress = tqdm(total=cfg.max_steps, initial=run.step, desc=f"train {out_dir.name}", dynamic_ncols=True)
-    while run.step < cfg.max_steps:
+    end = min(cfg.max_steps, cfg.pause_at_step) if cfg.pause_at_step else cfg.max_steps
+    while run.step < end:
         lr, failed, values = train_step(run, task)
         count_outcome(run, failed, values)
         if progress is not None:
             progress.update(1)
-        if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
+        if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:  # a pause keeps the line in progress
             write_log_line(run, lr, progress)
-        if run.step % cfg.ckpt_every == 0 or run.step == cfg.max_steps:
+        if run.step % cfg.ckpt_every == 0 or run.step == end:
             save_checkpoint(run, task)
             last_saved = run.step
     if progress is not None:
         progress.close()
-    if last_saved != run.step:  # resumed at max_steps with nothing left to do
+    if last_saved != run.step:  # resumed at max_steps (or the pause step) with nothing left to do
         save_checkpoint(run, task)
-
+    if run.step < cfg.max_steps:
+        if info.is_main:
+            print(f"paused at step {run.step} of {cfg.max_steps} ({out_dir / LATEST}); the same command without "
+                  f"pause_at_step (or with a later one) continues exactly from there", flush=True)
+        return TrainResult(step=run.step, out_dir=out_dir, model=run.model.raw, ema_model=ema_model(run),
+                           last_log=run.last_log, finished=False)
     final_ema = save_final_model(run)
     return TrainResult(step=run.step, out_dir=out_dir, model=run.model.raw, ema_model=final_ema,
                        last_log=run.last_log)

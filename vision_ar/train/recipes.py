@@ -194,6 +194,8 @@ def train_generator(req: GeneratorRequest):
     tokens = CachedTokens(cache)
     task = family.generator_task(gen, tokenizer)
     result = train(task, FlatTokens(tokens), cfg)
+    if not result.finished:  # paused: no generator to join yet
+        return result
     write_pipeline(tokenizer, out / "final", out / "pipeline", class_names=getattr(dataset, "classes", None))
     return result
 

@@ -21,7 +21,7 @@ RESUME_LOG = "resume_log.jsonl"
 
 # Where, how often and on which hardware: changing these changes no number the run computes.
 BOOKKEEPING = ("out_dir", "progress", "ckpt_every", "log_every", "keep_last_ckpts", "device", "num_workers", "fsdp",
-               "grad_checkpointing", "allow_changed_settings")
+               "grad_checkpointing", "allow_changed_settings", "pause_at_step")
 EXTENDS_THE_RUN = ("train.max_steps",)
 
 
