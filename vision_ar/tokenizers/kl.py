@@ -330,6 +330,22 @@ class KLVAE(PretrainedMixin, nn.Module):
         loss = self.config.kl_weight * kl.mean() / pixels
         return rec, loss, {"kl_per_image": float(kl.detach().mean())}
 
+    # ---- decoder fine-tuning on the frozen encoder (train/tokenizer_task.py, decoder_only) ----------
+    def frozen_for_decoder_finetune(self) -> list[nn.Module]:
+        """What decoder-only fine-tuning keeps fixed: the encoder and quant_conv, so the posterior of every
+        image, and with it a generator trained on its latents, stays valid."""
+        return [self.autoencoder.encoder, self.autoencoder.quant_conv]
+
+    @torch.no_grad()
+    def quantized_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """images -> what the decoder is fine-tuned on: a posterior SAMPLE (un-normalised, global RNG), the kind
+        of latent the generator learns to draw (it trains on posterior samples), not only the mean."""
+        return self.posterior(images).sample()
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Un-normalised latents -> images, not clamped (decoder fine-tuning)."""
+        return self.decode_unscaled(z)
+
     @torch.no_grad()
     def estimate_latent_scale(self, images: torch.Tensor, generator: torch.Generator | None = None) -> float:
         """1 / std of posterior samples over `images` (how MAR's 0.2325 normalises KL-16 to unit variance):

@@ -42,7 +42,8 @@ class TokenizerLossConfig:
                                                         # FlexTok's REPA; the shared task has none
 
 
-# the trainable half under decoder_only (both VQ families name it so)
+# the trainable half under decoder_only (both VQ families name it so); a tokenizer whose modules are nested
+# otherwise says what stays fixed with `frozen_for_decoder_finetune()` (the KL-VAE: its diffusers encoder)
 _DECODER_PARTS = ("decoder", "post_quant_conv")
 
 
@@ -77,7 +78,10 @@ class TokenizerTask:
 
                 raise ConfigError(f"decoder_only fine-tuning needs {type(tokenizer).__name__}."
                                   f"{' and .'.join(missing)}(); this tokenizer does not provide it")
-            self.frozen = [m for name, m in tokenizer.named_children() if name not in _DECODER_PARTS]
+            if hasattr(tokenizer, "frozen_for_decoder_finetune"):
+                self.frozen = list(tokenizer.frozen_for_decoder_finetune())
+            else:
+                self.frozen = [m for name, m in tokenizer.named_children() if name not in _DECODER_PARTS]
             for m in self.frozen:
                 m.requires_grad_(False)
 
