@@ -46,6 +46,7 @@ FAMILY = register_family(Family(
     pipeline_class=XARPipeline,
     tokenizer_presets="kl-tokenizer",
     generator_presets="xar",
+    shipped={"fmnist-xar": "fmnist_xar"},  # scripts/train_fmnist_xar.sh
     size_generator=size_xar,
     generator_task=lambda generator, tokenizer: NextXTask(generator, tokenizer),
     cache_encoder=cache_posterior,
