@@ -42,6 +42,14 @@ def flat_tokens(tokens):
         tokens.reshape(tokens.shape[0], -1)
 
 
+def per_position(tokens, known):
+    """(B, N) discrete tokens, or (B, N, C) for continuous latents (B, C, h, w): C numbers per known position."""
+    flat = flat_tokens(tokens)
+    if flat.shape[1] != known.shape[1]:
+        flat = flat.view(flat.shape[0], -1, known.shape[1]).transpose(1, 2)
+    return flat
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_known_tokens_are_the_encoded_input(name):
     pipe = pipe_of(name)
@@ -50,10 +58,10 @@ def test_known_tokens_are_the_encoded_input(name):
     mask[8:24, 4:20] = True
     out = pipe.inpaint(x, mask, None, generator=g(), output_type="pt")
     assert isinstance(out, PipelineOutput) and out.images.shape == (2, 3, 32, 32)
-    encoded = flat_tokens(pipe.encode_for_edit(x))
     known = flat_tokens(out.known_tokens)
+    encoded = per_position(pipe.encode_for_edit(x), known)
     assert known.dtype == torch.bool and 0 < known.float().mean() < 1
-    got = flat_tokens(out.tokens)
+    got = per_position(out.tokens, known)
     assert torch.equal(got[known], encoded[known])
 
 
@@ -73,7 +81,7 @@ def test_seed_changes_the_unknown_region_only(name, method):
         assert torch.allclose(out.images[:, :, 16:], keep, atol=1e-6)  # known pixels kept
     assert not torch.equal(a.images[:, :, :16], b.images[:, :, :16])  # unknown pixels vary with the seed
     ka, kb = flat_tokens(a.known_tokens), flat_tokens(b.known_tokens)
-    assert torch.equal(ka, kb) and torch.equal(flat_tokens(a.tokens)[ka], flat_tokens(b.tokens)[kb])
+    assert torch.equal(ka, kb) and torch.equal(per_position(a.tokens, ka)[ka], per_position(b.tokens, kb)[kb])
 
 
 @pytest.mark.parametrize("name", FAMILIES)
