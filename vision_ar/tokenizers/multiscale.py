@@ -216,6 +216,11 @@ class MultiScaleVQVAE(PretrainedMixin, nn.Module):
         return self.decode_latents(f_hat).clamp_(-1, 1)
 
     # ---- decoder fine-tuning: frozen codes in, trainable decoder out --------------------------------
+    def frozen_for_decoder_finetune(self) -> list[nn.Module]:
+        """What decoder-only fine-tuning keeps fixed: encoder, quant_conv and the quantizer (codebook), so the
+        codes of every image, and a generator trained on them, stay valid."""
+        return [self.encoder, self.quant_conv, self.quantize]
+
     @torch.no_grad()
     def quantized_latents(self, images: torch.Tensor) -> torch.Tensor:
         """images -> the f_hat the decoder sees (sum of every scale's codes), without gradients."""

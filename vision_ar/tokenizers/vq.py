@@ -203,6 +203,11 @@ class VQModel(PretrainedMixin, nn.Module):
         """images (B, 3, H, W) in [-1, 1] -> code ids (B, H/f, W/f) int64, raster order when flattened."""
         return self.encode_with_latents(images)[1]
 
+    def frozen_for_decoder_finetune(self) -> list[nn.Module]:
+        """What decoder-only fine-tuning keeps fixed: encoder, quant_conv and the quantizer (codebook), so the
+        codes of every image, and a generator trained on them, stay valid."""
+        return [self.encoder, self.quant_conv, self.quantize]
+
     @torch.no_grad()
     def quantized_latents(self, images: torch.Tensor) -> torch.Tensor:
         """images -> the code vectors the decoder sees, without gradients (decoder fine-tuning)."""

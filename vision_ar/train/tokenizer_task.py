@@ -6,7 +6,8 @@ loss = recon (L1 or L2) + quantizer loss (commitment + codebook, or KL) + lpips_
 `decoder_only=True` fine-tunes the decoder of a trained tokenizer on frozen codes (encoder, quantizer and
 codebook untouched and in eval mode, so no code usage statistics or dead-code restarts change them): the codes
 of every image stay the same, so a generator trained on them keeps working while its images get sharper.
-The tokenizer then exposes `quantized_latents(images)` (no grad) and `decode_latents(latents)` (unclamped).
+The tokenizer then exposes `frozen_for_decoder_finetune()` (the modules that keep the codes fixed),
+`quantized_latents(images)` (no grad) and `decode_latents(latents)` (unclamped).
 
 The tokenizer exposes `training_forward(images) -> (reconstruction, quantizer_loss, stats)`; `stats` is a
 dict of floats (codebook usage, perplexity...) that goes to metrics.jsonl. The official VAR repository
@@ -42,11 +43,6 @@ class TokenizerLossConfig:
                                                         # FlexTok's REPA; the shared task has none
 
 
-# the trainable half under decoder_only (both VQ families name it so); a tokenizer whose modules are nested
-# otherwise says what stays fixed with `frozen_for_decoder_finetune()` (the KL-VAE: its diffusers encoder)
-_DECODER_PARTS = ("decoder", "post_quant_conv")
-
-
 def _images(batch):
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
@@ -72,16 +68,14 @@ class TokenizerTask:
         self.discriminator = PatchDiscriminator(ch=cfg.disc_channels, n_layers=cfg.disc_layers) \
             if cfg.disc_weight > 0 else None
         if cfg.decoder_only:
-            missing = [m for m in ("quantized_latents", "decode_latents") if not hasattr(tokenizer, m)]
+            missing = [m for m in ("frozen_for_decoder_finetune", "quantized_latents", "decode_latents")
+                       if not hasattr(tokenizer, m)]
             if missing:
                 from ..errors import ConfigError
 
                 raise ConfigError(f"decoder_only fine-tuning needs {type(tokenizer).__name__}."
                                   f"{' and .'.join(missing)}(); this tokenizer does not provide it")
-            if hasattr(tokenizer, "frozen_for_decoder_finetune"):
-                self.frozen = list(tokenizer.frozen_for_decoder_finetune())
-            else:
-                self.frozen = [m for name, m in tokenizer.named_children() if name not in _DECODER_PARTS]
+            self.frozen = list(tokenizer.frozen_for_decoder_finetune())  # what keeps the codes fixed
             for m in self.frozen:
                 m.requires_grad_(False)
 
