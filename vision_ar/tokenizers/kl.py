@@ -149,7 +149,15 @@ def _rename_leaf(rest: str, table: dict) -> str:
 def _template_regex(template: str) -> re.Pattern:
     parts = _FIELD.split(template)  # literal, field, literal, field, ...
     return re.compile("".join(re.escape(p) if i % 2 == 0 else
-                              (f"(?P<{p}>\\d+)" if p in ("l", "L", "i", "m") else f"(?P<{p}>.*)") for i, p in enumerate(parts)))
+                              (f"(?P<{p}>\\d+)" if p in ("l", "L", "i", "m") else f"(?P<{p}>.*)")
+                              for i, p in enumerate(parts)))
+
+
+# compiled once: (source regex, destination template) per direction
+_RULES = {True: [(_template_regex(o), d) for o, d in _KEY_TEMPLATES],
+          False: [(_template_regex(d), o) for o, d in _KEY_TEMPLATES]}
+_LEAF_TABLES = {("resnet", True): _RESNET, ("attn", True): _ATTN,
+                ("resnet", False): {v: k for k, v in _RESNET.items()}, ("attn", False): {v: k for k, v in _ATTN.items()}}
 
 
 def _convert_field(name: str, value: str, to_diffusers: bool, num_levels: int) -> str:
@@ -158,8 +166,7 @@ def _convert_field(name: str, value: str, to_diffusers: bool, num_levels: int) -
     if name == "m":
         return str(int(value) + (-1 if to_diffusers else 1))
     if name in ("resnet", "attn"):
-        table = _RESNET if name == "resnet" else _ATTN
-        return _rename_leaf(value, table if to_diffusers else {v: k for k, v in table.items()})
+        return _rename_leaf(value, _LEAF_TABLES[name, to_diffusers])
     return value
 
 
@@ -168,9 +175,8 @@ def _convert_key(key: str, num_levels: int, to_diffusers: bool) -> str:
     if not m:
         return key
     part, rest = m.groups()
-    for official, diffusers in _KEY_TEMPLATES:
-        src, dst = (official, diffusers) if to_diffusers else (diffusers, official)
-        mm = _template_regex(src).fullmatch(rest)
+    for pattern, dst in _RULES[to_diffusers]:
+        mm = pattern.fullmatch(rest)
         if mm:
             fields = {k: _convert_field(k, v, to_diffusers, num_levels) for k, v in mm.groupdict().items()}
             return f"{part}.{dst.format(**fields)}"
