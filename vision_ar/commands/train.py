@@ -113,5 +113,5 @@ def run(args) -> int:
         result = recipes.train_tokenizer(req)
     else:
         result = recipes.train_generator(req)
-    print(f"{'done' if getattr(result, 'finished', True) else 'paused'}: {Path(args.out).resolve()}")
+    print(f"{'done' if result.finished else 'paused'}: {Path(args.out).resolve()}")
     return 0
