@@ -120,7 +120,7 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 | auto (vision_ar/precision.py)")
+    p.add_argument("--precision", default="fp32", help="fp32 | fp32-packed | fp16 | bf16 | int8 | auto (vision_ar/precision.py)")
     p.add_argument("--classifier", default=None, help="classifier folder (default: the shipped one)")
     p.add_argument("--save-samples", type=Path, default=None, help="also write the samples as an ADM .npz")
     p.add_argument("--out", type=Path, default=None, help="append the JSON row to this .jsonl file")

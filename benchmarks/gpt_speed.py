@@ -60,7 +60,7 @@ def main():
     ap.add_argument("--model", default="gpt-b")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 | auto (vision_ar/precision.py)")
+    ap.add_argument("--precision", default="fp32", help="fp32 | fp32-packed | fp16 | bf16 | int8 | auto (vision_ar/precision.py)")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._child:

@@ -60,7 +60,7 @@ def main(argv=None):
     ap.add_argument("--inits", nargs="+", default=list(DRAFT_INITS), choices=DRAFT_INITS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 | auto, for both samplers")
+    ap.add_argument("--precision", default="fp32", help="fp32 | fp32-packed | fp16 | bf16 | int8 | auto, for both samplers")
     ap.add_argument("--repeats", type=int, default=1, help="alternating timed rounds")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = ap.parse_args(argv)

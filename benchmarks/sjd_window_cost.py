@@ -56,7 +56,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--precision", default="fp32", help="fp32 | fp16 | bf16 | int8 | auto (linear layers)")
+    ap.add_argument("--precision", default="fp32", help="fp32 | fp32-packed | fp16 | bf16 | int8 | auto (linear layers)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

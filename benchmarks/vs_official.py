@@ -223,7 +223,7 @@ def main(argv=None):
                     help="default: every job whose checkout is given")
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--precision", nargs="+", default=["fp32", "auto"],
-                    help="our precisions to time (fp32 | fp16 | bf16 | int8 | auto)")
+                    help="our precisions to time (fp32 | fp32-packed | fp16 | bf16 | int8 | auto)")
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up")
     ap.add_argument("--compile-jobs", nargs="*", choices=list(JOBS), default=[],
                     help="also time these jobs with our compiled steps (torch.compile; the one-time compilation "

@@ -237,17 +237,40 @@ def test_apply_precision_to_a_pipeline_once():
 
 
 def test_int8_on_a_cpu_without_native_bf16(monkeypatch):
-    """What an AVX2 machine does: int8 with fp16 or fp32 activations (whichever measures faster), never bf16."""
+    """What an AVX2 machine does: int8 with the activations in whichever dtype the kernel measures fastest
+    (bf16 there is only the activations' storage: the int8 kernel's vectorised path, not a bf16 matmul);
+    the decoder stays fp32 (no native bf16 convolutions)."""
     runnable("int8")
     monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    assert P.unsupported_reason("bf16", "cpu") is not None  # the bf16 MODE stays refused there
     model = tiny_gpt()
     p = P.resolve_precision("int8", "cpu", workload=P.Workload.of(model, 2), verbose=False)
-    assert p.compute_dtype in (torch.float16, torch.float32) and p.decoder_dtype == torch.float32
+    assert p.compute_dtype in P._int8_activation_dtypes("cpu") and p.decoder_dtype == torch.float32
     ref = copy.deepcopy(model)
     P.convert_linears(model, p)
     labels = torch.arange(4)
     idx = torch.randint(0, 64, (4, 15), generator=torch.Generator().manual_seed(1))
     assert agreement(ref(idx, labels)[0].argmax(-1), model(idx, labels)[0].argmax(-1)) >= 0.9
+
+
+def test_fp32_packed_is_fp32_arithmetic_in_another_layout(monkeypatch):
+    """fp32-packed: the same fp32 products within float rounding, fp32 decoder even where bf16 is native,
+    never the exact (parity) mode, CPU only."""
+    runnable("fp32-packed")
+    torch.manual_seed(0)
+    lin = nn.Linear(96, 80)
+    p = P.resolve_precision("fp32-packed", "cpu", verbose=False)
+    assert p.compute_dtype == torch.float32 and p.decoder_dtype == torch.float32 and not p.exact
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    assert P.resolve_precision("fp32-packed", "cpu", verbose=False).decoder_dtype == torch.float32
+    new = P._convert_one(lin, p)
+    assert isinstance(new, CastLinear) and new.weight.dtype == torch.float32
+    for rows in (1, 2, 7):
+        x = torch.randn(rows, 96)
+        ref, got = lin(x), new(x)
+        assert got.dtype == torch.float32
+        assert (got - ref).abs().max() / ref.abs().max() < 1e-5
+    assert "CPU weight layout" in P.unsupported_reason("fp32-packed", "cuda")
 
 
 # ----------------------------------------------------------------------------------------------------

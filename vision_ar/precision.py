@@ -7,10 +7,14 @@
 Modes (`--precision` on the CLI and the benchmarks):
 
     fp32   the exact mode: the official results (parity tests), nothing converted
+    fp32-packed  (CPU) fp32 weights pre-packed once in oneDNN's blocked layout: fp32 arithmetic in another
+           summation order (results within float rounding of fp32, ~1e-6 relative), 1.3-1.7x faster for the
+           2-4 rows of batch-1 decoding where the default 2-row BLAS product reads the weights at half speed
     fp16   linear weights in float16, products in float16
     bf16   linear weights in bfloat16, products in bfloat16: only where the hardware runs bf16 natively
            (AVX512-BF16 / AMX CPUs, GPUs with bf16); elsewhere torch emulates it hundreds of times slower
-    int8   weight-only int8, one scale per output channel (`torch.ops.aten._weight_int8pack_mm`)
+    int8   weight-only int8, one scale per output channel (`torch.ops.aten._weight_int8pack_mm`), with the
+           activations in the dtype the kernel is fastest with on this machine (measured)
     auto   the fastest of the modes this machine runs, measured once by a micro-benchmark shaped like the
            model's linear layers at the batch's row count, cached on disk (`<VISION_AR_CACHE or
            ~/.cache/vision_ar>/precision.json`) and printed
@@ -44,10 +48,10 @@ from .errors import ConfigError
 from .io import atomic_write_text
 from .nn.quantized_linear import REDUCED_LINEARS, CastLinear, Int8Linear
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp32-packed", "fp16", "bf16", "int8")
 PRECISION_CHOICES = PRECISIONS + ("auto",)
-_FLOAT = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-CACHE_VERSION = 2  # bump when a kernel or the benchmark changes: older choices are measured again
+_FLOAT = {"fp32": torch.float32, "fp32-packed": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CACHE_VERSION = 3  # bump when a kernel or the benchmark changes: older choices are measured again
 
 # Micro-benchmark size: enough weight bytes to leave the CPU caches (like a real model), few enough to take
 # about a second per candidate set.
@@ -104,6 +108,12 @@ def unsupported_reason(name: str, device="cpu") -> str | None:
     dev = _device(device)
     if name == "fp32":
         return None
+    if name == "fp32-packed":
+        if dev.type != "cpu":
+            return f"fp32-packed is oneDNN's CPU weight layout; on {dev.type} use fp32 (or fp16 / bf16)"
+        if not torch.backends.mkldnn.is_available():
+            return f"this torch build ({torch.__version__}) has no oneDNN (mkldnn) CPU kernels"
+        return None
     if name == "int8" and not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
         return f"torch {torch.__version__} has no torch.ops.aten._weight_int8pack_mm (needs torch >= 2.3)"
     if dev.type == "cpu":
@@ -143,10 +153,20 @@ def _decoder_dtype(device) -> torch.dtype:
     return torch.bfloat16 if native else torch.float32
 
 
+def _mode_decoder_dtype(name: str, reduced: torch.dtype) -> torch.dtype:
+    """fp32-packed keeps fp32 arithmetic everywhere, the decoder included; the reduced modes take `reduced`."""
+    return torch.float32 if name == "fp32-packed" else reduced
+
+
 def _int8_activation_dtypes(device) -> list[torch.dtype]:
-    # The int8 kernel converts the weights to the activations' dtype; which dtype is fastest depends on the CPU
-    # (measured: bf16 activations ~10x faster than fp32 on an AVX-512 Xeon), so each is a candidate.
-    dtypes = [torch.bfloat16] if unsupported_reason("bf16", device) is None else []
+    # The int8 kernel converts the weights to the activations' dtype; which dtype is fastest depends on the CPU,
+    # so each is a candidate. Measured with torch 2.14 for 2 rows: its bf16-activation path is the vectorised
+    # one on AVX-512 AND on AVX2-only CPUs (2.4x faster than fp32 F.linear on an AVX2 EPYC, where fp16 / fp32
+    # activations run ~20x slower than bf16): bf16 here is only the activations' storage, not a bf16 matmul,
+    # so it does not need the native bf16 products the bf16 mode needs.
+    dev = _device(device)
+    on_cpu_with_vectors = dev.type == "cpu" and cpu_capability() != "DEFAULT"
+    dtypes = [torch.bfloat16] if on_cpu_with_vectors or unsupported_reason("bf16", device) is None else []
     return dtypes + [torch.float16, torch.float32]
 
 
@@ -203,9 +223,9 @@ def _cpu_name() -> str:
 def _candidates(device) -> list[Precision]:
     dec = _decoder_dtype(device)
     out = [FP32]
-    for name in ("fp16", "bf16"):
+    for name in ("fp32-packed", "fp16", "bf16"):
         if unsupported_reason(name, device) is None:
-            out.append(Precision(name, _FLOAT[name], dec))
+            out.append(Precision(name, _FLOAT[name], _mode_decoder_dtype(name, dec)))
     if unsupported_reason("int8", device) is None:
         out += [Precision("int8", dt, dec) for dt in _int8_activation_dtypes(device)]
     return out
@@ -350,7 +370,7 @@ def resolve_precision(requested: str = "fp32", device="cpu", *, parity: bool = F
             times = measure(workload, device, cands, rounds=2)
             return min(times, key=times.get)
         return Precision("int8", dtypes[0], _decoder_dtype(device))
-    return Precision(requested, _FLOAT[requested], _decoder_dtype(device))
+    return Precision(requested, _FLOAT[requested], _mode_decoder_dtype(requested, _decoder_dtype(device)))
 
 
 # ====================================================================================================

@@ -37,7 +37,7 @@ def add_parser(sub):
     extra = [f"{name} ({f.name})" for f in list_families() for name in f.sampling.samplers[1:]]
     p.add_argument("--sampler", default="default", help=" | ".join(["default"] + extra))
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--precision", default="fp32", help="fp32 (exact) | fp16 | bf16 | int8 | auto (fastest here, "
+    p.add_argument("--precision", default="fp32", help="fp32 (exact) | fp32-packed (CPU: fp32 in oneDNN's layout) | fp16 | bf16 | int8 | auto (fastest here, "
                    "measured once); see vision_ar/precision.py")
     p.add_argument("--parity", action="store_true", help="the official results: fp32 only (refuses reduced modes)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

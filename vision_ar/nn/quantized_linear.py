@@ -6,6 +6,10 @@ lever. Compute-bound work (VAR scales, large batches) gains only where the CPU/G
 type natively (bf16 on AVX512-BF16 / AMX CPUs and on GPUs).
 
     CastLinear(linear, torch.bfloat16)           weight stored in fp16 / bf16, x cast to it for the product
+    CastLinear(linear, torch.float32)            fp32 weight pre-packed in oneDNN's blocked layout (CPU): the
+                                                 same fp32 arithmetic, another summation order; measured
+                                                 1.3-1.7x faster than F.linear for 2-4 rows (it streams the
+                                                 weight at ~11 GB/s where MKL's 2-row product reads ~6)
     Int8Linear(linear, compute_dtype)            weight-only int8, one scale per output channel
                                                  (torch.ops.aten._weight_int8pack_mm)
 
@@ -26,7 +30,9 @@ INT8_K_MULTIPLE = 32
 
 def _onednn_packs(dtype: torch.dtype) -> bool:
     """Whether oneDNN runs `dtype` products on this CPU (then weights are pre-packed into its blocked layout:
-    measured 1.3x faster than F.linear, which re-lays the bf16 weight out at every call)."""
+    measured 1.3x faster than F.linear, which re-lays the bf16 weight out at every call). fp32: always."""
+    if dtype == torch.float32:
+        return torch.backends.mkldnn.is_available()
     try:
         if dtype == torch.bfloat16:
             return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
