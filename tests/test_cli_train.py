@@ -78,3 +78,35 @@ def test_decoder_only_needs_init(tmp_path, capsys):
     assert main(["train", "tokenizer", "--model", "vq-fmnist", "--decoder-only", "--out", str(tmp_path / "x")]
                 + COMMON) == 2
     assert "--init" in capsys.readouterr().err
+
+
+def test_generator_init_continues_a_trained_generator(tmp_path, capsys):
+    """--init on a generator: the run starts from those weights (with a vanishing lr it ends on them); a
+    generator of another family, or --model-set beside --init, is refused before anything is written."""
+    import torch
+
+    from vision_ar.train.recipes import load_model_folder
+
+    tok, gen, cont = tmp_path / "tok", tmp_path / "gen", tmp_path / "cont"
+    assert main(["train", "tokenizer", "--model", "vq-fmnist", "--out", str(tok)] + COMMON) == 0
+    small = ["--model-set", "n_layer=1", "--model-set", "dim=64", "--model-set", "n_head=1"]
+    assert main(["train", "generator", "--model", "gpt-fmnist", "--tokenizer", str(tok / "final"),
+                 "--out", str(gen)] + small + COMMON) == 0
+    assert main(["train", "generator", "--model", "gpt-fmnist", "--tokenizer", str(tok / "final"),
+                 "--init", str(gen / "final"), "--out", str(cont)] + COMMON + ["--set", "lr=1e-12",
+                                                                                 "--set", "weight_decay=0"]) == 0
+    a, b = load_model_folder(gen / "final").state_dict(), load_model_folder(cont / "final").state_dict()
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], rtol=0, atol=1e-6) for k in a)
+    assert (cont / "pipeline" / "pipeline.json").is_file()
+    capsys.readouterr()
+
+    assert main(["train", "generator", "--model", "gpt-fmnist", "--tokenizer", str(tok / "final"),
+                 "--init", str(gen / "final"), "--model-set", "dim=32", "--out", str(tmp_path / "x")] + COMMON) == 2
+    assert "drop --model-set dim" in capsys.readouterr().err
+    var_tok = tmp_path / "vtok"
+    assert main(["train", "tokenizer", "--model", "var-vqvae-fmnist", "--out", str(var_tok)] + COMMON) == 0
+    capsys.readouterr()
+    assert main(["train", "generator", "--model", "var-fmnist", "--tokenizer", str(var_tok / "final"),
+                 "--init", str(gen / "final"), "--out", str(tmp_path / "y")] + COMMON) == 2
+    assert "does not fit tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

@@ -47,8 +47,9 @@ def add_parser(sub):
     p.add_argument("--loss-set", action="append", default=[], metavar="K=V",
                    help="tokenizer training: a family's own loss option (FlexTok: repa_weight, repa_network, "
                         "repa_weights, repa_stage, repa_layer, repa_hidden)")
-    p.add_argument("--init", metavar="FOLDER", help="tokenizer training: start from a trained tokenizer folder "
-                   "(its config.json wins over --model)")
+    p.add_argument("--init", metavar="FOLDER", help="start from a trained model folder (its config.json wins over "
+                   "--model): a tokenizer (e.g. decoder fine-tuning) or a generator (a longer schedule on top of a "
+                   "finished run: its weights, a new optimizer, lr schedule and EMA)")
     p.add_argument("--decoder-only", action="store_true",
                    help="tokenizer training: fine-tune only the decoder on the frozen codes of --init (generators "
                         "trained on those codes stay valid)")
@@ -96,7 +97,9 @@ def build_request(args):
         return recipes.TokenizerRequest(**common, loss=loss, init=args.init)
     if not args.tokenizer:
         raise ConfigError("generator training needs --tokenizer FOLDER (a trained tokenizer's final/ folder)")
-    return recipes.GeneratorRequest(**common, tokenizer=args.tokenizer)
+    if args.decoder_only:
+        raise ConfigError("--decoder-only is a tokenizer option (fine-tune a tokenizer's decoder); drop it here")
+    return recipes.GeneratorRequest(**common, tokenizer=args.tokenizer, init=args.init)
 
 
 def run(args) -> int:

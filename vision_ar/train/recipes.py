@@ -48,6 +48,7 @@ class GeneratorRequest:
     limit: int | None = None
     model_overrides: dict = field(default_factory=dict)
     train_overrides: dict = field(default_factory=dict)
+    init: str | None = None                     # continue from this trained generator folder (fresh optimizer)
 
 
 def list_models():
@@ -174,13 +175,23 @@ def train_generator(req: GeneratorRequest):
 
     cfg = _train_config(req.out, req.train_overrides, GENERATOR_DEFAULTS)
     tokenizer = load_model_folder(req.tokenizer).eval()
-    family = _generator_family(tokenizer, req.model)
+    family = _generator_family(tokenizer, str(Path(req.init) / "config.json") if req.init else req.model)
     dataset = build_dataset(req.data, req.image_size, limit=req.limit)
     layout = tokenizer.token_layout(_image_size(dataset))
     # The generator is built (and checked against the data) before anything is written to the run folder.
     seed_everything(cfg.seed)  # initialisation is part of the run: the same command gives the same weights
-    overrides = {**family.size_generator(tokenizer, layout), **req.model_overrides}
-    gen = build_model(req.model, overrides, (family.generator_presets,), role="generator")
+    if req.init:  # a longer schedule on top of a finished run: its weights, a new optimizer and lr schedule
+        if req.model_overrides:
+            raise ConfigError(f"--init {req.init} continues a trained generator whose config.json fixes the "
+                              f"model; drop --model-set {', '.join(req.model_overrides)}")
+        gen = load_model_folder(req.init)
+        if not isinstance(gen, family.generator_class):
+            raise ConfigError(f"--init {req.init} holds a {type(gen).__name__}, not a {family.name} generator "
+                              f"({family.generator_class.__name__}) for tokenizer {type(tokenizer).__name__}")
+    else:
+        overrides = {**family.size_generator(tokenizer, layout), **req.model_overrides}
+        gen = build_model(req.model, overrides, (family.generator_presets,), role="generator")
+    gen.train().requires_grad_(True)
     family.check_pair(tokenizer, gen, layout)
     num_classes = getattr(dataset, "num_classes", None) or len(getattr(dataset, "classes", []))
     if num_classes and gen.config.num_classes != num_classes:
