@@ -31,6 +31,18 @@ vision-ar train tokenizer --model kl-fmnist --init runs/fm_kl/final --decoder-on
   --data fashion-mnist --out runs/fm_kl_decft --steps 1200 --set batch_size=32 --set lr=1e-4 --set warmup_steps=100 \
   --set ema_decay=0.999 --set ema_warmup=true --set progress=false --set log_every=25 --set ckpt_every=100
 
-# 5. ship it: the pipeline folder (fine-tuned tokenizer + EMA generator + sampling defaults) into the package
-python scripts/ship_pipeline.py runs/fm_xar/pipeline vision_ar/weights/fmnist_xar --tokenizer runs/fm_kl_decft/final \
+# 5. a second schedule on top of the finished generator (`--init` the EMA generator of step 3: its weights, a new optimizer, warmup + cosine
+#    and EMA), on the same cached latents: started for 1500 steps x 64 and closed at step 800 with
+#    `--steps 800 --allow-changed-settings` (writes final/ and pipeline/ from the step-800 checkpoint; the session
+#    ran out). fp32 on an AVX2 CPU, ~38 images/s at one thread: 23 minutes. N = 1,000, CFG 4.0, 20 steps:
+#    81.3% / FID 5.68 -> 83.2% / 5.34.
+XARCONT="vision-ar train generator --model xar-fmnist --tokenizer runs/fm_kl_decft/final --init runs/fm_xar/pipeline/generator
+  --data fashion-mnist --out runs/fm_xar_cont --set batch_size=64 --set lr=2e-4 --set warmup_steps=100
+  --set weight_decay=0.02 --set ema_decay=0.999 --set ema_warmup=true --set progress=false --set log_every=25
+  --set ckpt_every=100"
+$XARCONT --steps 1500 --set pause_at_step=800
+$XARCONT --steps 800 --allow-changed-settings
+
+# 6. ship it: the pipeline folder (fine-tuned tokenizer + EMA generator + sampling defaults) into the package
+python scripts/ship_pipeline.py runs/fm_xar_cont/pipeline vision_ar/weights/fmnist_xar --tokenizer runs/fm_kl_decft/final \
   --set guidance_scale=${CFG:-4.0} --set num_steps=${FLOW_STEPS:-20}
