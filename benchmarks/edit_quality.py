@@ -12,7 +12,8 @@ Tasks, on the first N test images (the same images for every model):
            (images N.. of the test split). Fashion-MNIST garments fill the frame, so the kept ring carries the
            old silhouette: with the 16x16 centre (--centre 0.5) even the oracle reaches only ~19%;
   inpaint  a random half (top, bottom, left or right, drawn per image, seeded) is regenerated unconditionally
-           (no class label: the model's null class); score = share of outputs assigned to the image's ORIGINAL
+           (no class label: the model's null class; --inpaint-class infer: the class the model infers from the
+           known half, `pipe.inpaint(..., "infer")`); score = share of outputs assigned to the image's ORIGINAL
            class (target >= 85%). The hidden half is blacked out (the background value) BEFORE the call, so
            nothing of it reaches the model (the encoder would otherwise see it, and VAR's coarse scales, which
            the official rule keeps, summarise the whole input); --keep-hidden passes the full image instead.
@@ -67,18 +68,22 @@ def parse_settings(pairs: list[str]) -> dict:
     return out
 
 
-def run_task(pipe, task: str, images, masks, labels, batch_size: int, seed: int, settings: dict) -> torch.Tensor:
-    """Outputs (N, 3, H, W) in [-1, 1] of one task, in batches with one seeded generator."""
+def run_task(pipe, task: str, images, masks, labels, batch_size: int, seed: int, settings: dict,
+             inpaint_class=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Outputs (N, 3, H, W) in [-1, 1] of one task, in batches with one seeded generator, and the classes the
+    in-painting conditioned on (inpaint_class="infer": the ones the model inferred; else None)."""
     gen = torch.Generator().manual_seed(seed)
-    outs = []
+    outs, used = [], []
     for i in range(0, len(images), batch_size):
         x, m = images[i: i + batch_size], masks[i: i + batch_size]
         if task == "edit":
             out = pipe.edit(x, m, labels[i: i + batch_size].tolist(), generator=gen, output_type="pt", **settings)
         else:
-            out = pipe.inpaint(x, m, None, generator=gen, output_type="pt", **settings)
+            out = pipe.inpaint(x, m, inpaint_class, generator=gen, output_type="pt", **settings)
+            used += list(out.labels)
         outs.append(out.images.float() * 2 - 1)
-    return torch.cat(outs)
+    inferred = torch.tensor(used) if task == "inpaint" and inpaint_class == "infer" else None
+    return torch.cat(outs), inferred
 
 
 def main(argv=None) -> int:
@@ -89,6 +94,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--cfg", type=float, default=None, help="guidance scale (default: each pipeline's own)")
+    ap.add_argument("--inpaint-class", choices=["none", "infer"], default="none",
+                    help="inpaint: none = unconditional (the null class); infer = the class the known half makes most "
+                         "likely under the model (pipe.inpaint(..., 'infer')), then a conditional fill")
     ap.add_argument("--keep-hidden", action="store_true", help="inpaint: give the model the full image (see above)")
     ap.add_argument("--centre", type=float, default=0.75, help="side of the edited centre square, fraction of the image")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -124,7 +132,9 @@ def main(argv=None) -> int:
             settings["guidance_scale"] = args.cfg
         for task in args.tasks:
             t0 = time.perf_counter()
-            out = run_task(pipe, task, inputs[task], masks[task], targets[task], args.batch_size, args.seed, settings)
+            inpaint_class = None if args.inpaint_class == "none" else args.inpaint_class
+            out, inferred = run_task(pipe, task, inputs[task], masks[task], targets[task], args.batch_size, args.seed,
+                                     settings, inpaint_class)
             seconds = time.perf_counter() - t0
             row = {"model": model, "task": task, "n": N, "accuracy": round(ev.accuracy(out, targets[task]), 4),
                    "target": 0.70 if task == "edit" else 0.85, "input_accuracy": round(input_acc, 4),
@@ -134,7 +144,10 @@ def main(argv=None) -> int:
                 row.update(centre=args.centre, oracle_accuracy=round(oracle_acc, 4),
                            still_original_class=round(ev.accuracy(out, labels), 4))
             else:
-                row.update(masked_accuracy=round(masked_acc, 4), hidden_half_given=args.keep_hidden)
+                row.update(masked_accuracy=round(masked_acc, 4), hidden_half_given=args.keep_hidden,
+                           inpaint_class=args.inpaint_class)
+                if inferred is not None:  # the generator's own guess of the class from the known half
+                    row["inferred_class_accuracy"] = round(float((inferred == targets[task]).float().mean()), 4)
             print(json.dumps(row), flush=True)
             rows.append(row)
     if args.out:

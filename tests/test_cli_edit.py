@@ -41,6 +41,15 @@ def test_edit_writes_the_result(files, capsys, args, size):
         assert np.array_equal(result[:8], src[:8]) and np.array_equal(result[24:], src[24:])
 
 
+def test_class_infer_reports_the_class_found(files, capsys):
+    rc = main(["edit", "--model", "fmnist-var", "--image", str(files / "in.png"), "--box", "0", "0", "16", "32",
+               "--mode", "inpaint", "--class", "infer", "--out", str(files / "out.png")])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    scores = summary["class_log_likelihoods"]
+    assert len(scores) == 10 and summary["class"] == max(range(10), key=scores.__getitem__)
+
+
 def test_edit_is_deterministic_per_seed(files):
     outs = []
     for seed, name in ((3, "a.png"), (3, "b.png"), (4, "c.png")):
@@ -58,6 +67,8 @@ def test_edit_is_deterministic_per_seed(files):
     (["--image", "in.png", "--mode", "inpaint"], "exactly one of --mask"),
     (["--image", "in.png", "--mask", "mask.png", "--mode", "edit"], "needs --class"),
     (["--image", "in.png", "--mask", "mask.png", "--mode", "edit", "--class", "12"], "out of range"),
+    (["--image", "in.png", "--mask", "mask.png", "--mode", "inpaint", "--class", "shoe"], "not a class id"),
+    (["--image", "in.png", "--mask", "mask.png", "--mode", "edit", "--class", "infer"], "NEW class"),
     (["--image", "in.png", "--mode", "outpaint"], "exactly one of --direction"),
     (["--image", "in.png", "--mode", "outpaint", "--canvas", "24", "24"], "smaller than the 32x32 image"),
     (["--image", "in.png", "--mode", "outpaint", "--direction", "north"], "unknown out-painting direction"),

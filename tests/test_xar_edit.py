@@ -171,3 +171,9 @@ def test_cli_edit_with_flow_flags(tmp_path, capsys):
     assert "top_k" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
     assert main(args[:-2] + ["--more-smooth", "--out", str(tmp_path / "y.png")]) == 2
     assert "--more-smooth applies to var" in capsys.readouterr().err
+
+
+def test_class_inference_is_refused_with_the_reason():
+    # a flow-matching generator has no exact likelihood of the known latents, so inpaint(..., "infer") says so
+    with pytest.raises(ConfigError, match="flow-matching"):
+        pipe_of("cell").inpaint(images(), BOX, "infer", generator=g())

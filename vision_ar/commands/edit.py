@@ -2,6 +2,7 @@
 
     vision-ar edit --model fmnist-var --image in.png --mask mask.png --mode inpaint --out out.png
     vision-ar edit --model fmnist-gpt --image in.png --box 8 8 24 24 --mode edit --class 7 --cfg 4 --out out.png
+    vision-ar edit --model fmnist-var --image in.png --box 0 0 16 32 --mode inpaint --class infer --out out.png
     vision-ar edit --model fmnist-var --image in.png --mode outpaint --direction right --amount 16 --out wide.png
     vision-ar edit --model runs/xar/pipeline --image in.png --box 0 0 16 32 --mode inpaint --flow-steps 20 --out o.png
 
@@ -27,6 +28,16 @@ from .family_flags import add_cli_flags, call_kwargs, load_kwargs
 MODES = ("inpaint", "outpaint", "edit")
 
 
+def _class_label(text: str | None):
+    """--class: a class id, or 'infer' (pipelines/editing.py: the model infers it from the known pixels)."""
+    if text is None or text == "infer":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--class {text!r} is not a class id (an integer) or 'infer'") from None
+
+
 def add_parser(sub):
     p = sub.add_parser("edit", help="in-paint, out-paint or class-edit an image", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,8 +51,9 @@ def add_parser(sub):
     p.add_argument("--amount", default="0.5", help="outpaint: how far to extend (int = pixels, float = fraction)")
     p.add_argument("--canvas", type=int, nargs="+", metavar="N",
                    help="outpaint: canvas HEIGHT WIDTH [TOP LEFT] in pixels (image centred when TOP LEFT omitted)")
-    p.add_argument("--class", dest="class_label", type=int, default=None,
-                   help="class to generate (required for --mode edit; default unconditional)")
+    p.add_argument("--class", dest="class_label", default=None,
+                   help="class to generate (required for --mode edit; default unconditional); 'infer' (inpaint, "
+                        "outpaint; VAR and GPT): the class the kept pixels make most likely under the model")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (model default if unset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--top-k", type=int, default=None)
@@ -97,6 +109,7 @@ def run(args) -> int:
     from ..pipelines.masks import read_image_file
 
     image = read_image_file(args.image, "image")  # before the model: a bad file fails fast
+    args.class_label = _class_label(args.class_label)
     region = _region_args(args)
     from ..pipelines import load_pipeline
 
@@ -117,5 +130,8 @@ def run(args) -> int:
     summary = {"out": str(out), "mode": args.mode, "size": list(res.images[0].size[::-1]),
                "windows": res.stats.get("windows"), "known_token_fraction": res.stats.get("known_token_fraction"),
                "seconds": round(res.stats.get("seconds", 0.0), 3), "notes": res.stats.get("notes", [])}
+    if args.class_label == "infer":  # which class the model found, and how sure it was
+        summary["class"] = res.labels[0]
+        summary["class_log_likelihoods"] = [round(v, 2) for v in res.stats["class_log_likelihoods"][0].tolist()]
     print(json.dumps(summary))
     return 0

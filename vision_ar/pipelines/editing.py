@@ -47,6 +47,7 @@ from ..sampling.forcing import KnownTokens
 from .masks import generate_region, known_tokens, outpaint_canvas, read_image_file
 
 EDIT_METHODS = ("inpaint", "outpaint", "edit")
+INFER = "infer"  # class_label of inpaint / outpaint: the class the known pixels make most likely (_infer_labels)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -118,6 +119,17 @@ def _window_positions(size: int, window: int) -> list[int]:
     return starts + [size - window]
 
 
+def _next_window(done: torch.Tensor, positions: list[tuple[int, int]], Hm: int, Wm: int) -> tuple[int, int]:
+    """The window (top, left) with something left to generate and the most known / generated pixels."""
+    return max((rc for rc in positions if not bool(done[:, rc[0]:rc[0] + Hm, rc[1]:rc[1] + Wm].all())),
+               key=lambda rc: int(done[:, rc[0]:rc[0] + Hm, rc[1]:rc[1] + Wm].sum()))
+
+
+def _flat(x) -> torch.Tensor:
+    """Tokens or known maps, (B, ...) or a per-scale list of them -> (B, L) in the generator's token order."""
+    return torch.cat([t.flatten(1) for t in x], dim=1) if isinstance(x, list) else x.flatten(1)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The shared API
 # ----------------------------------------------------------------------------------------------------
@@ -174,6 +186,50 @@ class EditingMixin:
         """Sample with the known tokens kept -> (tokens, images (B, 3, H, W) in [0, 1]). None labels: unconditional."""
         raise NotImplementedError
 
+    def check_class_inference(self) -> None:
+        """ConfigError unless the generator can score tokens per class (what class_label="infer" needs): its
+        family's training task gives teacher-forced logits (`logits(model, tokens, labels)`, train/generator_tasks.py)."""
+        task = self.family.generator_task(self.generator, self.tokenizer)
+        if not callable(getattr(task, "logits", None)):
+            raise ConfigError(f"class_label={INFER!r} needs token likelihoods per class, and family "
+                              f"{self.family.name!r} ({type(task).__name__}) has none (a flow-matching generator "
+                              f"gives no exact likelihood); give the class, or None for unconditional")
+
+    @torch.inference_mode()
+    def class_log_likelihoods(self, tokens, known_maps) -> torch.Tensor:
+        """log p(known tokens | class) for every class, (B, num_classes): the generator teacher-forced on `tokens`
+        (a window's full token set, in the layout `sample_with_forcing` returns) with each class in turn, summed
+        over the positions `known_maps` marks. The unknown tokens are only context here."""
+        task = self.family.generator_task(self.generator, self.tokenizer)
+        device = next(self.generator.parameters()).device
+        tokens, known = _flat(tokens).to(device=device, dtype=torch.long), _flat(known_maps).to(device)
+        rows = []
+        for c in range(self.num_classes):  # one class at a time: B x L x V logits, not C times that
+            labels = torch.full((tokens.shape[0],), c, dtype=torch.long, device=device)
+            logp = task.logits(self.generator, tokens, labels).float().log_softmax(-1)
+            logp = logp.gather(2, tokens[..., None])[..., 0]
+            rows.append(torch.where(known, logp, torch.zeros_like(logp)).sum(1))
+        return torch.stack(rows, dim=1).cpu()
+
+    def _infer_labels(self, images, known, labels, infer_rows, generator, any_part, method, settings,
+                      edit_settings):
+        """class_label="infer": the class c maximising p(known tokens | c) (a uniform prior over classes).
+
+        The known tokens' likelihood needs the unknown ones as context (GPT: those before them in raster order;
+        VAR: the coarse scales), so the window with the most known pixels is first filled unconditionally, as
+        inpaint(None) would, then teacher-forced once per class (`class_log_likelihoods`); the caller then fills
+        the image again, conditioned on the class found. Returns the labels and the scores of the inferred rows."""
+        rows = [b for b, r in enumerate(infer_rows) if r]
+        (Hm, Wm), (_, _, H, W) = self.edit_image_size(), images.shape
+        positions = [(r, c) for r in _window_positions(H, Hm) for c in _window_positions(W, Wm)]
+        r, c = _next_window(known[rows], positions, Hm, Wm)
+        win_images, win_known = images[rows, :, r:r + Hm, c:c + Wm], known[rows, r:r + Hm, c:c + Wm]
+        _, tokens, maps = self.edit_window(win_images, win_known, [None] * len(rows), generator, any_part, method,
+                                           settings, edit_settings)
+        scores = self.class_log_likelihoods(tokens, maps)
+        best = dict(zip(rows, scores.argmax(dim=1).tolist()))
+        return [best.get(b, labels[b]) for b in range(len(labels))], scores
+
     def edit_window(self, images: torch.Tensor, known: torch.Tensor, labels: list[int | None],
                     generator: torch.Generator | None, any_part: bool, method: str, settings: dict,
                     edit_settings: dict):
@@ -184,7 +240,7 @@ class EditingMixin:
         if free.any():
             clear = lambda m: m & ~free.view(-1, *([1] * (m.ndim - 1))).to(m.device)
             maps = [clear(m) for m in maps] if isinstance(maps, list) else clear(maps)
-        flat = maps if not isinstance(maps, list) else torch.cat([m.flatten(1) for m in maps], dim=1)
+        flat = _flat(maps)
         forcing = None
         if bool(flat.any()):
             forcing = self.forcing_for_window(maps, self.encode_for_edit(images))
@@ -198,7 +254,9 @@ class EditingMixin:
         """Regenerate the masked region (white / True = generate) of `image`, keeping the rest.
 
         class_label: the class to generate (an int, or one per image); None = unconditional (the model's null
-        class), which restores what fits the rest of the image. settings: the pipeline's sampling settings
+        class), which restores what fits the rest of the image; "infer" = the class the known pixels make most
+        likely under the generator (one unconditional fill, scored per class, then a conditional fill: about twice
+        the time; families with token likelihoods, VAR and GPT; the scores are in stats["class_log_likelihoods"]). settings: the pipeline's sampling settings
         (guidance_scale, top_k, top_p, temperature, ...). any_part: keep a token when any part of its footprint
         is known (default: only when all of it is). Returns the pipeline's output object (`__call__`'s).
         """
@@ -227,6 +285,7 @@ class EditingMixin:
         `amount` on that side (int: pixels; float: fraction of the image side), or a canvas (height, width) with
         the image centred, or (height, width, top, left). The canvas must be at least the model's image size.
         The unknown part of the canvas starts as the image's mean colour (what the encoder sees there).
+        class_label: as inpaint's (an int, one per image, None or "infer").
         """
         images = image_batch(image)
         B, _, h, w = images.shape
@@ -249,18 +308,29 @@ class EditingMixin:
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown} for {type(self).__name__}.{method}(); it takes "
                               f"{sorted(sampling | set(self.edit_settings))}")
-        if labels is None or isinstance(labels, numbers.Integral):
+        if labels is None or isinstance(labels, (numbers.Integral, str)):
             labels = [labels] * batch
         elif torch.is_tensor(labels):
             labels = labels.tolist()
         if len(labels) != batch:
             raise ConfigError(f"{len(labels)} class labels for {batch} images; give one label, or one per image")
+        words = sorted({l for l in labels if isinstance(l, str)} - {INFER})
+        if words:
+            raise ConfigError(f"class label(s) {words} are not classes: give an int, None (unconditional) or "
+                              f"{INFER!r} (the class the known pixels make most likely under the model)")
+        infer_rows = [isinstance(l, str) for l in labels]
+        if any(infer_rows) and method == "edit":
+            raise ConfigError(f"edit() makes the region a NEW class, so {INFER!r} (the class the image already "
+                              f"has) does not apply; give new_class_label, or use inpaint(..., {INFER!r})")
+        if any(infer_rows):
+            self.check_class_inference()
+        labels = [None if r else l for l, r in zip(labels, infer_rows)]
         # the pipeline's one check of labels and guidance (None = unconditional); guidance resolved here so
         # the family's sampler gets a checked value
         guidance = self.setting(settings.get("guidance_scale"), "guidance_scale")
         labels, settings["guidance_scale"] = self.check_request(labels, guidance, unconditional=True)
         edit_settings = {k: settings.pop(k) for k in list(settings) if k in self.edit_settings}
-        return labels, edit_settings
+        return labels, infer_rows, edit_settings
 
     def _edit(self, method: str, images: torch.Tensor, known: torch.Tensor, class_label, generator, any_part: bool,
               blend: int, output_type: str, settings: dict):
@@ -268,7 +338,7 @@ class EditingMixin:
 
         B, _, H, W = images.shape
         settings = {**self.edit_defaults(method), **settings}
-        labels, edit_settings = self._check_edit_call(method, class_label, B, settings)
+        labels, infer_rows, edit_settings = self._check_edit_call(method, class_label, B, settings)
         if int(blend) != blend or blend < 0:
             raise ConfigError(f"blend={blend!r} must be an integer >= 0 (pixels of the known region to fade over)")
         Hm, Wm = self.edit_image_size()
@@ -287,13 +357,21 @@ class EditingMixin:
             self._notice(notes, f"{method}: nothing of the image is known; this is plain generation")
         notes += [f"image {b}: nothing to generate, kept as it is" for b in range(B) if B > 1 and bool(known[b].all())]
 
+        scores = None
+        if any(infer_rows):
+            labels, scores = self._infer_labels(images, known, labels, infer_rows, generator, any_part, method,
+                                                settings, edit_settings)
+            notes.append(f"{method}: class inferred from the known pixels: "
+                         f"{[labels[b] for b in range(B) if infer_rows[b]]}")
         run = self._generate_in_windows(images, known, labels, generator, any_part, method, settings, edit_settings)
         result = self._composite(images, known, run, int(blend))
         maps = run["token_maps"]
-        flat = maps if not isinstance(maps, list) else torch.cat([m.flatten(1) for m in maps], 1)
+        flat = _flat(maps)
         stats = {"notes": notes, "windows": len(run["windows"]), "window_positions": run["windows"], "mode": method,
                  "seconds": time.perf_counter() - t0, "known_pixel_fraction": float(known.float().mean()),
                  "known_token_fraction": float(flat.float().mean())}  # of the last window
+        if scores is not None:  # (rows inferred, num_classes): log p(known tokens | class), see _infer_labels
+            stats["class_log_likelihoods"] = scores
         return PipelineOutput(images=to_output_type((result + 1) / 2, output_type), tokens=run["tokens"],
                               labels=labels, stats=stats, known_tokens=maps)
 
@@ -308,8 +386,7 @@ class EditingMixin:
         positions = [(r, c) for r in _window_positions(H, Hm) for c in _window_positions(W, Wm)]
         windows, tokens, token_maps = [], None, None
         while not bool(done.all()):
-            r, c = max((rc for rc in positions if not bool(done[:, rc[0]:rc[0] + Hm, rc[1]:rc[1] + Wm].all())),
-                       key=lambda rc: int(done[:, rc[0]:rc[0] + Hm, rc[1]:rc[1] + Wm].sum()))
+            r, c = _next_window(done, positions, Hm, Wm)
             win = (slice(None), slice(None), slice(r, r + Hm), slice(c, c + Wm))
             win_known = done[win[0], win[2], win[3]]
             out01, tokens, token_maps = self.edit_window(canvas[win], win_known, labels, generator, any_part,

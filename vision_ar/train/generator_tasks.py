@@ -23,13 +23,18 @@ class NextScaleTask:
     def settings(self) -> dict:  # compared on resume
         return {"label_smoothing": self.label_smoothing, "patch_nums": list(self.patch_nums)}
 
-    def loss(self, model, batch, step):
-        tokens, labels = batch[0], batch[1]
+    def logits(self, model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: tokens (B, L) (the pyramid, coarse to fine) -> logits (B, L, V); logits[:, i]
+        predicts tokens[:, i] from the class and the coarser scales. Also the editing class inference's scorer."""
         sizes = [p * p for p in self.patch_nums]
         idx_list = list(torch.split(tokens, sizes, dim=1))
         with torch.no_grad():
             x_in = self.vae.quantize.idx_to_var_input(idx_list)
-        logits = model(labels, x_in)
+        return model(labels, x_in)
+
+    def loss(self, model, batch, step):
+        tokens, labels = batch[0], batch[1]
+        logits = self.logits(model, tokens, labels)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), label_smoothing=self.label_smoothing)
         with torch.no_grad():
             acc = (logits.argmax(-1) == tokens).float().mean().item()
@@ -46,11 +51,16 @@ class NextTokenTask:
     def settings(self) -> dict:  # compared on resume
         return {"label_smoothing": self.label_smoothing}
 
+    def logits(self, model, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: tokens (B, L) in raster order -> logits (B, L, V); the class token + tokens[:-1] go in,
+        so logits[:, i] predicts tokens[:, i]. Also the editing class inference's scorer."""
+        logits, _ = model(tokens.flatten(1)[:, :-1], labels)
+        return logits
+
     def loss(self, model, batch, step):
         tokens, labels = batch[0], batch[1]
         tokens = tokens.flatten(1)
-        # Feed the class token + tokens[:-1]; logits[:, i] predicts tokens[:, i].
-        logits, _ = model(tokens[:, :-1], labels)
+        logits = self.logits(model, tokens, labels)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tokens.flatten(), label_smoothing=self.label_smoothing)
         with torch.no_grad():
             acc = (logits.argmax(-1) == tokens).float().mean().item()
