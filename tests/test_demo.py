@@ -76,12 +76,22 @@ def test_client_test_image_and_every_mode(server):
         assert details["mode"] == mode and os.path.isfile(result)
         if mode == "outpaint":
             assert details["canvas"]["width"] == 48 and Image.open(result).size[0] == 1.5 * Image.open(result).size[1]
+    result, kept, details = client.predict("fmnist-var", value, "bottom half", "inpaint",
+                                           "(infer from the kept pixels)", "right", 16, 3.0, 0, api_name="/edit")
+    assert details["inferred_class"] in range(10) and any("class inferred" in n for n in details["notes"])
     with pytest.raises(AppError, match="the mask is empty"):
         client.predict("fmnist-gpt", value, "drawn", "inpaint", "(none: unconditional)", "right", 16, 3.0, 0,
                        api_name="/edit")
     with pytest.raises(AppError, match="edit needs a class"):
         client.predict("fmnist-gpt", value, "centre", "edit", "(none: unconditional)", "right", 16, 3.0, 0,
                        api_name="/edit")
+
+
+def test_class_choices_offer_inference_where_the_family_has_likelihoods():
+    from vision_ar.demo import INFER, class_choices
+
+    assert INFER in class_choices("fmnist-var") and INFER in class_choices("fmnist-gpt")
+    assert INFER not in class_choices("fmnist-xar")  # flow matching: no token likelihoods
 
 
 def test_page_functions_refuse_bad_input():

@@ -25,6 +25,7 @@ MASKS = ("drawn", "centre", "top half", "bottom half", "left half", "right half"
 MODES = ("inpaint", "edit", "outpaint")
 DIRECTIONS = ("right", "left", "top", "bottom")
 UNCONDITIONAL = "(none: unconditional)"
+INFER = "(infer from the kept pixels)"  # inpaint / outpaint: pipe.inpaint(..., "infer"), VAR and GPT
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -49,12 +50,19 @@ def available_models() -> list[str]:
 def class_choices(name: str) -> list[str]:
     pipe = get_pipeline(name)
     names = pipe.class_names or [str(c) for c in range(pipe.num_classes)]
-    return [UNCONDITIONAL] + [f"{i}: {n}" for i, n in enumerate(names)]
+    try:
+        pipe.check_class_inference()
+        extra = [INFER]
+    except VisionARError:  # e.g. a flow-matching generator: no token likelihoods to infer the class from
+        extra = []
+    return [UNCONDITIONAL] + extra + [f"{i}: {n}" for i, n in enumerate(names)]
 
 
-def _class_id(choice: str | None) -> int | None:
+def _class_id(choice: str | None) -> int | str | None:
     if not choice or choice == UNCONDITIONAL:
         return None
+    if choice == INFER:
+        return "infer"
     try:
         return int(str(choice).split(":")[0])
     except ValueError:
@@ -162,7 +170,7 @@ def run_edit(model: str, editor, mask_choice: str, mode: str, class_choice: str 
         if not mask.any():
             raise ConfigError("the mask is empty: draw the region to generate, or choose a preset mask")
         if mode == "edit":
-            if label is None:
+            if label is None or label == "infer":
                 raise ConfigError("edit needs a class: choose the class the masked region becomes")
             out = pipe.edit(image, mask, label, **settings)
         else:
@@ -170,6 +178,8 @@ def run_edit(model: str, editor, mask_choice: str, mode: str, class_choice: str 
     details = {k: out.stats.get(k) for k in ("mode", "windows", "known_token_fraction", "notes", "canvas")
                if out.stats.get(k) is not None}
     details["seconds"] = round(out.stats.get("seconds", 0.0), 3)
+    if label == "infer":
+        details["inferred_class"] = out.labels[0]
     grid = token_grid_picture(out.known_tokens) if out.known_tokens is not None else None
     return enlarge(out.images[0]), grid, details
 
