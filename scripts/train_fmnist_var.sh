@@ -20,5 +20,15 @@ vision-ar train generator --model var-fmnist --tokenizer runs/fm_var_vae6/final 
   --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
-# 3. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
-python scripts/ship_pipeline.py runs/fm_var6/pipeline vision_ar/weights/fmnist_var --set guidance_scale=${CFG:-2.0}
+# 3. a second schedule on top of it (`--init` its EMA generator: its weights, a new optimizer, warmup + cosine and
+#    EMA), same cached codes: 1000 steps x 64 at half the peak lr. (Run as --steps 3000 and changed to 1000 at step
+#    100 with --allow-changed-settings, inside the warmup, where the two schedules agree.) fp32 on an AVX2 CPU,
+#    ~10-14 images/s at one thread beside other jobs: about 80 minutes. N = 1,000, CFG 2.0: 96.8% / FID 3.28 ->
+#    96.8% / 2.97; CFG 1.5: 95.0% / 2.82 (shipped there).
+vision-ar train generator --model var-fmnist --tokenizer runs/fm_var_vae6/final --init runs/fm_var6/pipeline/generator \
+  --data fashion-mnist --out runs/fm_var_cont --steps 1000 --set batch_size=64 --set lr=4e-4 --set warmup_steps=100 \
+  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true \
+  --set progress=false --set log_every=25 --set ckpt_every=100
+
+# 4. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
+python scripts/ship_pipeline.py runs/fm_var_cont/pipeline vision_ar/weights/fmnist_var --set guidance_scale=${CFG:-1.5}

@@ -62,6 +62,16 @@ def test_infer_uses_the_best_scoring_class_and_keeps_known_pixels(name):
     assert mixed.labels[0] == 3 and mixed.stats["class_log_likelihoods"].shape == (1, pipe.num_classes)
 
 
+def test_rows_with_nothing_known_stay_unconditional():
+    pipe = pipe_of("fmnist-var")
+    x, mask = garments(), torch.zeros(2, 32, 32, dtype=torch.bool)
+    mask[0] = True          # row 0: everything generated, no evidence
+    mask[1, :16] = True     # row 1: the top half generated
+    out = pipe.inpaint(x, mask, "infer", generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert out.labels[0] is None and out.labels[1] in range(pipe.num_classes)
+    assert out.stats["class_log_likelihoods"].shape == (1, pipe.num_classes)
+
+
 def test_bad_class_labels_are_refused():
     pipe = pipe_of("fmnist-gpt")
     x, mask = garments(), torch.zeros(32, 32, dtype=torch.bool)

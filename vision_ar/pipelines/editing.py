@@ -219,7 +219,10 @@ class EditingMixin:
         VAR: the coarse scales), so the window with the most known pixels is first filled unconditionally, as
         inpaint(None) would, then teacher-forced once per class (`class_log_likelihoods`); the caller then fills
         the image again, conditioned on the class found. Returns the labels and the scores of the inferred rows."""
-        rows = [b for b, r in enumerate(infer_rows) if r]
+        # nothing known: no evidence, the row stays unconditional; all known: nothing is generated anyway
+        rows = [b for b, r in enumerate(infer_rows) if r and bool(known[b].any()) and not bool(known[b].all())]
+        if not rows:
+            return labels, torch.zeros(0, self.num_classes)
         (Hm, Wm), (_, _, H, W) = self.edit_image_size(), images.shape
         positions = [(r, c) for r in _window_positions(H, Hm) for c in _window_positions(W, Wm)]
         r, c = _next_window(known[rows], positions, Hm, Wm)
@@ -362,7 +365,7 @@ class EditingMixin:
             labels, scores = self._infer_labels(images, known, labels, infer_rows, generator, any_part, method,
                                                 settings, edit_settings)
             notes.append(f"{method}: class inferred from the known pixels: "
-                         f"{[labels[b] for b in range(B) if infer_rows[b]]}")
+                         f"{[labels[b] for b in range(B) if infer_rows[b]]} (None: nothing known to infer from)")
         run = self._generate_in_windows(images, known, labels, generator, any_part, method, settings, edit_settings)
         result = self._composite(images, known, run, int(blend))
         maps = run["token_maps"]
