@@ -62,7 +62,9 @@ def _class_id(choice: str | None) -> int | str | None:
     if not choice or choice == UNCONDITIONAL:
         return None
     if choice == INFER:
-        return "infer"
+        from .pipelines.editing import INFER as infer_label
+
+        return infer_label
     try:
         return int(str(choice).split(":")[0])
     except ValueError:
@@ -170,7 +172,7 @@ def run_edit(model: str, editor, mask_choice: str, mode: str, class_choice: str 
         if not mask.any():
             raise ConfigError("the mask is empty: draw the region to generate, or choose a preset mask")
         if mode == "edit":
-            if label is None or label == "infer":
+            if label is None or isinstance(label, str):  # no class, or "infer": an edit needs the NEW class
                 raise ConfigError("edit needs a class: choose the class the masked region becomes")
             out = pipe.edit(image, mask, label, **settings)
         else:
@@ -178,7 +180,7 @@ def run_edit(model: str, editor, mask_choice: str, mode: str, class_choice: str 
     details = {k: out.stats.get(k) for k in ("mode", "windows", "known_token_fraction", "notes", "canvas")
                if out.stats.get(k) is not None}
     details["seconds"] = round(out.stats.get("seconds", 0.0), 3)
-    if label == "infer":
+    if isinstance(label, str):  # "infer"
         details["inferred_class"] = out.labels[0]
     grid = token_grid_picture(out.known_tokens) if out.known_tokens is not None else None
     return enlarge(out.images[0]), grid, details

@@ -30,7 +30,9 @@ MODES = ("inpaint", "outpaint", "edit")
 
 def _class_label(text: str | None):
     """--class: a class id, or 'infer' (pipelines/editing.py: the model infers it from the known pixels)."""
-    if text is None or text == "infer":
+    from ..pipelines.editing import INFER
+
+    if text is None or text == INFER:
         return text
     try:
         return int(text)
@@ -130,7 +132,7 @@ def run(args) -> int:
     summary = {"out": str(out), "mode": args.mode, "size": list(res.images[0].size[::-1]),
                "windows": res.stats.get("windows"), "known_token_fraction": res.stats.get("known_token_fraction"),
                "seconds": round(res.stats.get("seconds", 0.0), 3), "notes": res.stats.get("notes", [])}
-    if args.class_label == "infer":  # which class the model found, and how sure it was
+    if isinstance(args.class_label, str):  # "infer": which class the model found, and how sure it was
         summary["class"] = res.labels[0]
         summary["class_log_likelihoods"] = [round(v, 2) for v in res.stats["class_log_likelihoods"][0].tolist()]
     print(json.dumps(summary))

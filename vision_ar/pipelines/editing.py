@@ -186,21 +186,22 @@ class EditingMixin:
         """Sample with the known tokens kept -> (tokens, images (B, 3, H, W) in [0, 1]). None labels: unconditional."""
         raise NotImplementedError
 
-    def check_class_inference(self) -> None:
-        """ConfigError unless the generator can score tokens per class (what class_label="infer" needs): its
-        family's training task gives teacher-forced logits (`logits(model, tokens, labels)`, train/generator_tasks.py)."""
+    def check_class_inference(self):
+        """The family's training task if the generator can score tokens per class (what class_label="infer"
+        needs: teacher-forced `logits(model, tokens, labels)`, train/generator_tasks.py), else ConfigError."""
         task = self.family.generator_task(self.generator, self.tokenizer)
         if not callable(getattr(task, "logits", None)):
             raise ConfigError(f"class_label={INFER!r} needs token likelihoods per class, and family "
                               f"{self.family.name!r} ({type(task).__name__}) has none (a flow-matching generator "
                               f"gives no exact likelihood); give the class, or None for unconditional")
+        return task
 
     @torch.inference_mode()
     def class_log_likelihoods(self, tokens, known_maps) -> torch.Tensor:
         """log p(known tokens | class) for every class, (B, num_classes): the generator teacher-forced on `tokens`
         (a window's full token set, in the layout `sample_with_forcing` returns) with each class in turn, summed
         over the positions `known_maps` marks. The unknown tokens are only context here."""
-        task = self.family.generator_task(self.generator, self.tokenizer)
+        task = self.check_class_inference()
         device = next(self.generator.parameters()).device
         tokens, known = _flat(tokens).to(device=device, dtype=torch.long), _flat(known_maps).to(device)
         rows = []
