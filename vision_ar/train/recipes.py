@@ -201,7 +201,7 @@ def train_generator(req: GeneratorRequest):
     out = Path(req.out)
     encode, cache_layout = family.tokens_to_cache(tokenizer, layout)
     cache = cache_tokenizer_outputs(encode, dataset, out / "tokens.safetensors", batch_size=256,
-                                    tokenizer=tokenizer, token_layout=cache_layout, progress=True)
+                                    tokenizer=tokenizer, token_layout=cache_layout, progress=cfg.progress)
     tokens = CachedTokens(cache)
     task = family.generator_task(gen, tokenizer)
     result = train(task, FlatTokens(tokens), cfg)
