@@ -3,12 +3,14 @@
 # 2-core CPU. One OpenMP thread per process (two threads per job on a shared machine spin-wait).
 # Re-running a command after a kill resumes it exactly from OUT/latest.pt.
 #
-# Cost on the shared 2-core machine (measured with short runs): the tokenizer trains at ~8-15 images/s
-# (batch 64: 4-8 s a step), the GPT (as fmnist-gpt) at ~100 steps per 10 minutes.
+# Cost at one fp32 thread of a 2-core AVX2 CPU beside another job: the tokenizer trains at ~17-25 images/s
+# (batch 64: 2.6-3.8 s a step; 2000 steps took 90 minutes), the GPT at ~60-70 images/s (1200 steps: ~20 minutes,
+# after ~3 minutes of caching the tokens of the 60k training images). Decoding runs 25 Euler steps x 2 (CFG)
+# decoder calls per image: ~1 image/s per thread, so the benchmarks below use a few hundred images.
 set -euo pipefail
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-TOK_STEPS=${TOK_STEPS:-4000}
-GPT_STEPS=${GPT_STEPS:-2800}
+TOK_STEPS=${TOK_STEPS:-2000}
+GPT_STEPS=${GPT_STEPS:-1200}
 
 # 1. FlexTok tokenizer (grey pixel space, 4x4 patches, 32 registers, FSQ 1000 codes): rectified-flow decoder,
 #    nested dropout over powers of two (1, 2, 4, ..., 32 kept tokens), 10% null-condition dropout for CFG.
@@ -17,7 +19,7 @@ vision-ar train tokenizer --model flextok-fmnist --data fashion-mnist --out runs
   --set ema_decay=0.999 --set ema_warmup=true --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 2. reconstruction versus token count (the README table and picture; 1000 test images, 25 flow steps)
-python benchmarks/flextok_recon.py runs/fm_flextok/final --n 1000 --grid docs/fmnist_flextok_recon.png \
+python benchmarks/flextok_recon.py runs/fm_flextok/final --n 200 --grid docs/fmnist_flextok_recon.png \
   | tee runs/fm_flextok/recon.jsonl
 
 # 3. next-token GPT over the 1D token sequence (1D positions), class-conditional (10% class dropout for CFG)
