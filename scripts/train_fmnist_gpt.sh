@@ -22,4 +22,4 @@ vision-ar train generator --model gpt-fmnist --tokenizer runs/fm_vq2/final --dat
   --set progress=false --set log_every=25 --set ckpt_every=100
 
 # 3. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
-python scripts/ship_pipeline.py runs/fm_gpt2/pipeline vision_ar/weights/fmnist_gpt --set guidance_scale=${CFG:-CFG_TBD}
+python scripts/ship_pipeline.py runs/fm_gpt2/pipeline vision_ar/weights/fmnist_gpt --set guidance_scale=${CFG:-1.5}
