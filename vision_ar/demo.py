@@ -164,6 +164,7 @@ def run_edit(model: str, editor, mask_choice: str, mode: str, class_choice: str 
     size = pipe.edit_image_size()
     image, drawn = read_editor(editor, size)
     label = _class_id(class_choice)
+    inferring = class_choice == INFER  # the class comes from the kept pixels (inpaint / outpaint only)
     settings = dict(generator=torch.Generator().manual_seed(int(seed)), guidance_scale=float(guidance_scale))
     if mode == "outpaint":
         out = pipe.outpaint(image, direction, label, amount=int(amount), **settings)
@@ -172,7 +173,7 @@ def run_edit(model: str, editor, mask_choice: str, mode: str, class_choice: str 
         if not mask.any():
             raise ConfigError("the mask is empty: draw the region to generate, or choose a preset mask")
         if mode == "edit":
-            if label is None or isinstance(label, str):  # no class, or "infer": an edit needs the NEW class
+            if label is None or inferring:  # an edit needs the NEW class
                 raise ConfigError("edit needs a class: choose the class the masked region becomes")
             out = pipe.edit(image, mask, label, **settings)
         else:
@@ -180,7 +181,7 @@ def run_edit(model: str, editor, mask_choice: str, mode: str, class_choice: str 
     details = {k: out.stats.get(k) for k in ("mode", "windows", "known_token_fraction", "notes", "canvas")
                if out.stats.get(k) is not None}
     details["seconds"] = round(out.stats.get("seconds", 0.0), 3)
-    if isinstance(label, str):  # "infer"
+    if inferring:
         details["inferred_class"] = out.labels[0]
     grid = token_grid_picture(out.known_tokens) if out.known_tokens is not None else None
     return enlarge(out.images[0]), grid, details

@@ -132,7 +132,9 @@ def run(args) -> int:
     summary = {"out": str(out), "mode": args.mode, "size": list(res.images[0].size[::-1]),
                "windows": res.stats.get("windows"), "known_token_fraction": res.stats.get("known_token_fraction"),
                "seconds": round(res.stats.get("seconds", 0.0), 3), "notes": res.stats.get("notes", [])}
-    if isinstance(args.class_label, str):  # "infer": which class the model found, and how sure it was
+    from ..pipelines.editing import INFER
+
+    if args.class_label == INFER:  # which class the model found, and how sure it was
         summary["class"] = res.labels[0]
         summary["class_log_likelihoods"] = [round(v, 2) for v in res.stats["class_log_likelihoods"][0].tolist()]
     print(json.dumps(summary))

@@ -261,8 +261,8 @@ class EditingMixin:
         class), which restores what fits the rest of the image; "infer" = the class the known pixels make most
         likely under the generator (one unconditional fill, scored per class, then a conditional fill: about twice
         the time; families with token likelihoods, VAR and GPT; the scores are in stats["class_log_likelihoods"]).
-        settings: the pipeline's sampling settings (guidance_scale, top_k, top_p, temperature, ...). any_part: keep a token when any part of its footprint
-        is known (default: only when all of it is). Returns the pipeline's output object (`__call__`'s).
+        settings: the pipeline's sampling settings (guidance_scale, top_k, top_p, temperature, ...). any_part: keep
+        a token when any part of its footprint is known (default: only when all of it is). Returns the pipeline's output object (`__call__`'s).
         """
         images = image_batch(image)
         generate = generate_region(mask, tuple(images.shape[2:]), images.shape[0])
