@@ -3,13 +3,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from vision_ar.errors import ConfigError
+from vision_ar.errors import ConfigError, MissingFileError
 from vision_ar.tokenizers.flextok import FlexTok, flextok_fmnist
 from vision_ar.train import TrainConfig, train
 from vision_ar.train.flextok_task import FlexTokLossConfig, FlexTokTask
 
 TINY = dict(enc_dim=32, enc_depth=1, dec_dim=32, dec_depth=2, head_dim=16, n_registers=4)
-CLASSIFIER = "vision_ar/weights/fmnist_classifier"
+VQ_TOKENIZER = "vision_ar/weights/fmnist_gpt/tokenizer"  # a reconstruction-trained encoder, not the evaluation's
 
 
 class Images(torch.utils.data.Dataset):
@@ -59,8 +59,7 @@ def test_exact_resume(tmp_path):
 
 def test_repa_trains_a_projector_that_is_not_saved(tmp_path):
     torch.manual_seed(0)
-    cfg = FlexTokLossConfig(repa_weight=0.5, repa_network="fmnist-classifier", repa_weights=CLASSIFIER,
-                            repa_stage=2, repa_layer=1)
+    cfg = FlexTokLossConfig(repa_weight=0.5, repa_network="vq-encoder", repa_weights=VQ_TOKENIZER, repa_layer=1)
     task = FlexTokTask(flextok_fmnist(**TINY), cfg)
     result = train(task, Images(), _cfg(tmp_path, 2))
     assert "repa_loss" in result.last_log and 0 <= result.last_log["repa_loss"] <= 2
@@ -71,11 +70,17 @@ def test_repa_trains_a_projector_that_is_not_saved(tmp_path):
 
 
 def test_repa_errors():
-    with pytest.raises(ConfigError, match="--repa-weights PATH"):
+    with pytest.raises(ConfigError, match="repa_weights=PATH"):
         FlexTokTask(flextok_fmnist(**TINY), FlexTokLossConfig(repa_weight=1.0))
     with pytest.raises(ConfigError, match="repa_layer"):
-        FlexTokTask(flextok_fmnist(**TINY), FlexTokLossConfig(repa_weight=1.0, repa_weights=CLASSIFIER,
+        FlexTokTask(flextok_fmnist(**TINY), FlexTokLossConfig(repa_weight=1.0, repa_weights=VQ_TOKENIZER,
                                                                repa_layer=5))
     with pytest.raises(ConfigError, match="unknown REPA feature network"):
         FlexTokTask(flextok_fmnist(**TINY), FlexTokLossConfig(repa_weight=1.0, repa_network="dino",
-                                                               repa_weights=CLASSIFIER))
+                                                               repa_weights=VQ_TOKENIZER))
+    # the evaluation classifier's features are what the Fashion-MNIST metrics measure: never a training target
+    with pytest.raises(ConfigError, match="refused"):
+        FlexTokTask(flextok_fmnist(**TINY), FlexTokLossConfig(repa_weight=1.0, repa_network="fmnist-classifier",
+                                                               repa_weights="vision_ar/weights/fmnist_classifier"))
+    with pytest.raises(MissingFileError, match="VQ tokenizer folder"):
+        FlexTokTask(flextok_fmnist(**TINY), FlexTokLossConfig(repa_weight=1.0, repa_weights="no/such/folder"))

@@ -46,7 +46,7 @@ def add_parser(sub):
     p.add_argument("--disc-start", type=int, default=0)
     p.add_argument("--loss-set", action="append", default=[], metavar="K=V",
                    help="tokenizer training: a family's own loss option (FlexTok: repa_weight, repa_network, "
-                        "repa_weights, repa_stage, repa_layer, repa_hidden)")
+                        "repa_weights, repa_layer, repa_hidden)")
     p.add_argument("--init", metavar="FOLDER", help="start from a trained model folder (its config.json wins over "
                    "--model): a tokenizer (e.g. decoder fine-tuning) or a generator (a longer schedule on top of a "
                    "finished run: its weights, a new optimizer, lr schedule and EMA)")

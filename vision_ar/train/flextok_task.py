@@ -28,9 +28,8 @@ from .task import TrainTask, unwrap
 @dataclass
 class FlexTokLossConfig:
     repa_weight: float = 0.0          # > 0 turns REPA on
-    repa_network: str = "fmnist-classifier"   # or 'timm:<model name>'
+    repa_network: str = "vq-encoder"  # a VQ tokenizer folder's encoder, or 'timm:<model name>'
     repa_weights: str | None = None   # local weights of the frozen network
-    repa_stage: int = 2               # fmnist-classifier: features after this conv stage
     repa_layer: int | None = None     # decoder block (0-based) whose patch tokens are aligned; default depth // 3
     repa_hidden: int = 512            # projector width
 
@@ -72,7 +71,7 @@ class FlexTokTask(TrainTask):
             layer = depth // 3 if cfg.repa_layer is None else cfg.repa_layer
             if not 0 <= layer < depth:
                 raise ConfigError(f"repa_layer must be a decoder block index in 0..{depth - 1}, got {layer}")
-            self.features = load_feature_network(cfg.repa_network, cfg.repa_weights, cfg.repa_stage)
+            self.features = load_feature_network(cfg.repa_network, cfg.repa_weights)
             projector = REPAProjector(tokenizer.spec.decoder.vit.dim, self.features.dim, cfg.repa_hidden)
             super().__init__(FlexTokWithProjector(tokenizer, projector, layer))
         else:

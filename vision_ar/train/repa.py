@@ -4,10 +4,12 @@ small trained projector, with the features a frozen network sees in the clean im
     loss_repa = mean over patches of (1 - cos(projector(h_layer), f_frozen(image) at that patch))
 
 The frozen network is loaded from a local path (nothing is downloaded):
-  * 'fmnist-classifier' - the project's Fashion-MNIST classifier (a folder written by save_pretrained, e.g.
-    vision_ar/weights/fmnist_classifier); features after conv stage `stage` (1-based; stage 2 = 8x8x64 on 32x32).
-    Note: the Fashion-MNIST FID of vision-ar uses this classifier's penultimate features, so a tokenizer aligned
-    to it should be compared with that in mind.
+  * 'vq-encoder' - the encoder of a trained VQ tokenizer folder (e.g. vision_ar/weights/fmnist_gpt/tokenizer, the
+    Fashion-MNIST vq-fmnist): its pre-quantisation features (z_channels x H/f x W/f; 64 x 8 x 8 on 32x32). It
+    learned from reconstruction alone, so aligning to it teaches the decoder image structure without touching
+    what the evaluation measures.
+  * The project's Fashion-MNIST classifier is refused on purpose: its features are what the Fashion-MNIST FID
+    and accuracy measure, and a model trained towards them would score the loss, not the images.
   * 'timm:<model name>' - a timm ViT (e.g. timm:vit_small_patch14_dinov2.lvd142m) from a local weights file
     (.safetensors or a weights-only torch file); patch tokens of its last block, ImageNet-normalised input at the
     model's own resolution.
@@ -42,8 +44,8 @@ class FrozenFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.kind == "fmnist-classifier":
-            return self.body(images.mean(dim=1, keepdim=True))
+        if self.kind == "vq-encoder":
+            return self.body(images)
         x = (images + 1) / 2
         if self.input_size and x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bicubic", align_corners=False)
@@ -52,22 +54,27 @@ class FrozenFeatures(nn.Module):
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
 
 
-def load_feature_network(name: str, weights: str | None, stage: int = 2) -> FrozenFeatures:
-    if not weights:
-        raise ConfigError(f"REPA with '{name}' needs the local weights of that network (--repa-weights PATH); "
-                          f"nothing is downloaded")
-    path = Path(weights)
-    if name == "fmnist-classifier":
-        from ..eval.fmnist_classifier import FashionMNISTClassifier
+EVALUATION_NETWORKS = ("fmnist-classifier",)
 
-        if not path.is_dir():
-            raise MissingFileError(f"--repa-weights {path}: expected a classifier folder (config.json + "
-                                   f"model.safetensors), e.g. vision_ar/weights/fmnist_classifier")
-        clf = FashionMNISTClassifier.from_pretrained(path)
-        n_stages = len(clf.config.widths)
-        if not 1 <= stage <= n_stages:
-            raise ConfigError(f"REPA stage must be in 1..{n_stages} for this classifier, got {stage}")
-        return FrozenFeatures(clf.stages[:stage], clf.config.widths[stage - 1], name)
+
+def load_feature_network(name: str, weights: str | None) -> FrozenFeatures:
+    if name in EVALUATION_NETWORKS:
+        raise ConfigError(f"REPA to '{name}' is refused: the Fashion-MNIST accuracy and FID are measured with that "
+                          f"classifier's features, so training towards them would make the metrics measure the "
+                          f"loss. Align to a network the evaluation does not use, e.g. --loss-set "
+                          f"repa_network=vq-encoder --loss-set repa_weights=vision_ar/weights/fmnist_gpt/tokenizer")
+    if not weights:
+        raise ConfigError(f"REPA with '{name}' needs the local weights of that network (--loss-set "
+                          f"repa_weights=PATH); nothing is downloaded")
+    path = Path(weights)
+    if name == "vq-encoder":
+        from ..tokenizers.vq import VQModel
+
+        if not (path / "config.json").is_file():
+            raise MissingFileError(f"repa_weights={path}: expected a VQ tokenizer folder (config.json + "
+                                   f"model.safetensors), e.g. vision_ar/weights/fmnist_gpt/tokenizer")
+        vq = VQModel.from_pretrained(path)
+        return FrozenFeatures(vq.encoder, vq.config.z_channels, name)
     if name.startswith("timm:"):
         import timm
 
@@ -78,7 +85,7 @@ def load_feature_network(name: str, weights: str | None, stage: int = 2) -> Froz
         size = (cfg.get("input_size") or (3, 224, 224))[-1]
         return FrozenFeatures(model, model.num_features, name, getattr(model, "num_prefix_tokens", 1), size,
                               list(cfg.get("mean", (0.485, 0.456, 0.406))), list(cfg.get("std", (0.229, 0.224, 0.225))))
-    raise ConfigError(f"unknown REPA feature network {name!r}; known: 'fmnist-classifier', 'timm:<model name>'")
+    raise ConfigError(f"unknown REPA feature network {name!r}; known: 'vq-encoder', 'timm:<model name>'")
 
 
 class REPAProjector(nn.Sequential):
