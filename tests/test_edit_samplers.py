@@ -5,7 +5,7 @@ import torch
 from vision_ar.errors import ConfigError
 from vision_ar.models.next_scale import VAR, VARConfig
 from vision_ar.models.next_token import GPT, GPTConfig
-from vision_ar.sampling.forcing import KnownTokens
+from vision_ar.sampling.forcing import KnownTokens, ParticleResampler
 from vision_ar.sampling.next_scale import sample_next_scale
 from vision_ar.sampling.logits import LLAMAGEN_SAMPLING, guided_logits
 from vision_ar.sampling.token_loop import generate, generate_infill, unknown_before_known
@@ -88,7 +88,8 @@ def test_infill_keeps_known_and_resamples_only_when_needed(gpt):
         generate_infill(gpt, cond, before, candidates=0, **settings)
 
 
-def test_infill_prefers_candidates_that_agree_with_known_tokens(gpt):
+@pytest.mark.parametrize("strategy", ["particles", "passes"])
+def test_infill_prefers_candidates_that_agree_with_known_tokens(gpt, strategy):
     """With many candidates the chosen first tokens follow p(x_0 | known x_1..): compare with the exact posterior
     computed by enumerating x_0 (one unknown token, the rest known)."""
     cond = torch.tensor([1])
@@ -104,10 +105,57 @@ def test_infill_prefers_candidates_that_agree_with_known_tokens(gpt):
     prior = torch.softmax(logits[0, 0], -1)
     rows = 256  # the same edit 256 times in one batch: the empirical choice of x_0
     picks = generate_infill(gpt, cond.repeat(rows), KnownTokens(known.repeat(rows, 1), values.repeat(rows, 1)),
-                            candidates=32, cfg_scale=1.0, generator=torch.Generator().manual_seed(0))[:, 0]
+                            candidates=32, cfg_scale=1.0, generator=torch.Generator().manual_seed(0),
+                            strategy=strategy)[:, 0]
     freq = torch.bincount(picks, minlength=24).float() / len(picks)
     # the resampled choice is much closer to the posterior than to the prior it was proposed from
     assert (freq - posterior).abs().sum() < 0.5 * (prior - posterior).abs().sum()
+
+
+@pytest.mark.parametrize("cfg_scale", [1.0, 2.5])
+def test_particle_resampling_moves_tokens_and_caches_together(gpt, cfg_scale):
+    """Known and unknown tokens interleaved, 6 particles per image: the filter resamples many times, and each
+    surviving row's tokens, KV cache and score still belong together: the score the loop returns equals the
+    teacher-forced log-probability of that row's final tokens at its known positions."""
+    cond = torch.tensor([2, 0])
+    known = torch.zeros(2, N, dtype=torch.bool)
+    known[:, 1::2] = True
+    values = torch.randint(0, 24, (2, N), generator=torch.Generator().manual_seed(3))
+    K = 6
+    filt = ParticleResampler(2, K, "cpu", torch.Generator().manual_seed(9))
+    forcing = KnownTokens(known.repeat_interleave(K, 0), values.repeat_interleave(K, 0))
+    rows_cond = cond.repeat_interleave(K)
+    tokens, logp = generate(gpt, rows_cond, N, cfg_scale=cfg_scale, generator=torch.Generator().manual_seed(0),
+                            forcing=forcing, return_known_logprob=True, particles=filt)
+    assert filt.resamplings > 0
+    assert torch.equal(tokens[:, 1::2], forcing.values[:, 1::2])
+    with torch.no_grad():
+        labels = torch.cat([rows_cond, torch.full_like(rows_cond, gpt.num_classes)]) if cfg_scale > 1 else rows_cond
+        logits, _ = gpt(tokens[:, :-1].repeat(2 if cfg_scale > 1 else 1, 1), labels)
+    steps = [guided_logits(logits[:, i], cfg_scale, LLAMAGEN_SAMPLING) if cfg_scale > 1 else logits[:, i]
+             for i in range(N)]
+    want = torch.log_softmax(torch.stack(steps, 1), dim=-1).gather(2, tokens[..., None])[..., 0]
+    assert torch.allclose(logp, (want * forcing.known).sum(1), atol=1e-4)
+    assert filt.choose().tolist()[0] in range(K) and filt.choose().tolist()[1] in range(K, 2 * K)
+
+
+def test_particle_resampler_resamples_only_degenerate_groups():
+    filt = ParticleResampler(2, 4, "cpu", torch.Generator().manual_seed(0))
+    assert filt.observe(torch.zeros(8)) is None  # equal weights: effective sample size 4
+    # group 0: one particle explains the known token far better; group 1: weights stay even
+    rows = filt.observe(torch.tensor([0.0, -30.0, -30.0, -30.0, -0.1, 0.0, -0.1, 0.0]))
+    assert rows.tolist()[:4] == [0, 0, 0, 0] and rows.tolist()[4:] == [4, 5, 6, 7]
+    assert filt.log_weights[:4].tolist() == [0.0] * 4 and filt.resamplings == 1
+    with pytest.raises(ConfigError, match="particles"):
+        ParticleResampler(1, 0, "cpu")
+    with pytest.raises(ConfigError, match="forcing"):
+        generate(GPT(GPTConfig(dim=32, n_layer=1, n_head=2, multiple_of=32, vocab_size=8, num_classes=2,
+                               block_size=4)), torch.tensor([0]), 4, particles=filt)
+
+
+def test_infill_strategy_errors(gpt):
+    with pytest.raises(ConfigError, match="unknown infill strategy"):
+        generate_infill(gpt, torch.tensor([0]), _forcing(1, known_from=8), strategy="beam")
 
 
 def test_unknown_before_known():
@@ -173,3 +221,30 @@ def test_next_scale_known_logprob_scores_the_known_tokens(var_pair):
     again = sample_next_scale(var, vae, [0, 4], torch.Generator().manual_seed(3), cfg=2.0, temperature=0.7,
                               forcing=KnownTokens(known, tokens_in))[0]
     assert all(torch.equal(a, b) for a, b in zip(tokens, again))  # scoring draws nothing
+
+
+def test_next_scale_particles_move_every_row_state_together(var_pair):
+    """4 particles per image, resampled between scales: each final row's tokens, f_hat, caches and score still
+    belong together. Re-scoring the final tokens teacher-forced (every token known, so the second run only
+    reproduces them) gives the score the particle run returned at the originally known positions."""
+    var, vae = var_pair
+    K = 4
+    tokens_in = vae.img_to_idx(torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1)
+    known = [torch.rand(t.shape, generator=torch.Generator().manual_seed(7 + si)) > 0.4
+             for si, t in enumerate(tokens_in)]
+    known[0][:] = False  # the 1x1 scale is generated: the known finer tokens judge it
+    rep = lambda xs: [x.repeat_interleave(K, 0) for x in xs]  # noqa: E731
+    labels = [0] * K + [4] * K
+    filt = ParticleResampler(2, K, "cpu", torch.Generator().manual_seed(5), ess_fraction=1.0)  # at every scale
+    tokens, _, logp = sample_next_scale(var, vae, labels, torch.Generator().manual_seed(3), cfg=2.0,
+                                        forcing=KnownTokens(rep(known), rep(tokens_in)), return_known_logprob=True,
+                                        particles=filt)
+    assert filt.resamplings > 0
+    assert all(torch.equal(t[k], v[k]) for t, k, v in zip(tokens, rep(known), rep(tokens_in)))
+    trace: dict = {}
+    again = sample_next_scale(var, vae, labels, torch.Generator().manual_seed(0), cfg=2.0, trace=trace,
+                              forcing=KnownTokens([torch.ones_like(k) for k in rep(known)], tokens))[0]
+    assert all(torch.equal(a, b) for a, b in zip(again, tokens))
+    want = sum((torch.log_softmax(trace[f"logits_cfg.{si}"], -1).gather(2, tokens[si][..., None])[..., 0]
+                * rep(known)[si]).sum(1) for si in range(3))
+    assert torch.allclose(logp, want, atol=1e-4)

@@ -449,6 +449,12 @@ class VAR(PretrainedMixin, nn.Module):
 
             mark_static(*(t for b in self.blocks for t in (b.attn.cache.k, b.attn.cache.v)))
 
+    def select_cache_rows(self, rows: torch.Tensor) -> None:
+        """Cache row b becomes a copy of row rows[b] in every block (particle resampling while editing)."""
+        for block in self.blocks:
+            if block.attn.cache is not None:
+                block.attn.cache.select_rows(rows)
+
     def end_inference(self) -> None:
         """Disable and free the KV caches."""
         self._mods_cond = self._mods = None

@@ -412,6 +412,12 @@ class GPT(PretrainedMixin, nn.Module):
         for c in self._caches:
             c.truncate(length)
 
+    def select_cache_rows(self, rows: torch.Tensor) -> None:
+        """Cache row b becomes a copy of row rows[b] in every layer (particle resampling while editing)."""
+        self._require_cache(len(rows))
+        for c in self._caches:
+            c.select_rows(rows)
+
     def _require_cache(self, batch: int | None = None) -> None:
         if self._caches is None:
             raise ConfigError("no KV cache: call model.setup_cache(batch_size, max_seq_len) before prefill/decode.")

@@ -82,3 +82,9 @@ class KVCache:
 
     def reset(self) -> None:
         self.length = 0
+
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Row b becomes a copy of row rows[b] (over the valid prefix): particle resampling while editing."""
+        n = self.length
+        self.k[:, :, :n] = self.k[rows, :, :n]
+        self.v[:, :, :n] = self.v[rows, :, :n]

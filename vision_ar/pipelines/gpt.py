@@ -28,9 +28,11 @@ def sjd_row_width(layout, init: str) -> int:
 class GPTPipeline(Pipeline):
     def default_settings(self) -> dict:
         # LlamaGen's CFG convention: uncond + (cond - uncond) * scale, so 1.0 means no guidance.
-        # edit_candidates: raster passes per image when editing (generate_infill's importance resampling)
+        # edit_candidates: raster passes per image when editing, edit_strategy how one is chosen
+        # (sampling.token_loop.generate_infill: "particles" resamples them at the known tokens, "passes" at the end)
         return {"guidance_scale": 2.0, "top_k": 0, "top_p": 1.0, "temperature": 1.0,
-                "sampler": "loop", "sjd_window": 16, "sjd_init": "random", "edit_candidates": 8}
+                "sampler": "loop", "sjd_window": 16, "sjd_init": "random", "edit_candidates": 8,
+                "edit_strategy": "particles"}
 
     @property
     def vq(self):
@@ -103,9 +105,10 @@ class GPTPipeline(Pipeline):
     @torch.inference_mode()
     def sample_with_forcing(self, labels, forcing, generator, guidance_scale: float | None = None,
                             top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
-                            edit_candidates: int | None = None):
+                            edit_candidates: int | None = None, edit_strategy: str | None = None):
         """The plain loop with known tokens kept in raster order; unknown tokens that precede known ones are
-        chosen by importance resampling over `edit_candidates` passes (sampling.token_loop.generate_infill).
+        chosen among `edit_candidates` passes, by a particle filter over the known tokens (`edit_strategy=
+        "particles"`) or by weighting whole passes ("passes"); sampling.token_loop.generate_infill.
         A None label is the null class (unconditional)."""
         from ..sampling.token_loop import generate, generate_infill
 
@@ -123,7 +126,7 @@ class GPTPipeline(Pipeline):
             tokens = generate(self.gpt, cond, layout.num_tokens, **settings)
         else:
             tokens = generate_infill(self.gpt, cond, forcing, candidates=pick(edit_candidates, "edit_candidates"),
-                                     **settings)
+                                     strategy=pick(edit_strategy, "edit_strategy"), **settings)
         images = self.tokenizer.decode(layout.unflatten(tokens))
         return tokens, ((images.float() + 1) / 2).clamp(0, 1)
 

@@ -13,9 +13,10 @@ class VARPipeline(Pipeline):
     def default_settings(self) -> dict:
         # VAR's CFG convention: logits = (1+t) cond - t uncond with t ramped from 0 to cfg over the scales,
         # so cfg=0 means no guidance. top_k/top_p as in VAR's demo.
-        # edit_candidates: edits drawn per image when in-/out-painting, one kept (importance resampling)
+        # edit_candidates: edits drawn per image when in-/out-painting, one kept; edit_strategy: "particles"
+        # resamples them scale by scale at the known tokens, "passes" weighs whole edits at the end
         return {"guidance_scale": 4.0, "top_k": 900, "top_p": 0.96, "more_smooth": False, "temperature": 1.0,
-                "edit_candidates": 8}
+                "edit_candidates": 8, "edit_strategy": "particles"}
 
     # the names people know from the official code
     @property
@@ -70,14 +71,18 @@ class VARPipeline(Pipeline):
     @torch.inference_mode()
     def sample_with_forcing(self, labels, forcing, generator, guidance_scale: float | None = None,
                             top_k: int | None = None, top_p: float | None = None, more_smooth: bool | None = None,
-                            temperature: float | None = None, edit_candidates: int | None = None):
+                            temperature: float | None = None, edit_candidates: int | None = None,
+                            edit_strategy: str | None = None):
         """Next-scale sampling with optional known tokens; a None label is the null class (unconditional).
         Labels and guidance come checked (`check_request`, at the caller's boundary).
 
-        With forcing and edit_candidates = K > 1, K edits are drawn per image and one is kept with probability
-        proportional to the probability the model gives the known tokens (importance resampling, as the GPT's
-        `generate_infill`: the generated coarse scales that best predict the known fine tokens win)."""
-        from ..sampling.forcing import KnownTokens, choose_candidates, repeat_rows, take_rows
+        With forcing and edit_candidates = K > 1, K edits are drawn per image side by side, weighted by the
+        probability the model gives the known tokens (as the GPT's `generate_infill`: the generated coarse scales
+        that best predict the known fine tokens win). edit_strategy "particles": a particle filter, resampling the
+        K edits before each scale once their weights degenerate, one kept at the end; "passes": one of K
+        independent edits kept at the end, by weight."""
+        from ..sampling.forcing import KnownTokens, ParticleResampler, choose_candidates, repeat_rows, take_rows
+        from ..sampling.token_loop import INFILL_STRATEGIES
         from ..sampling.next_scale import sample_next_scale
 
         pick = self.setting
@@ -89,12 +94,16 @@ class VARPipeline(Pipeline):
             raise ConfigError(f"edit_candidates={K} must be an integer >= 1 (1 = a single edit per image)")
         if K == 1:
             return sample_next_scale(self.var, self.vae, labels, generator=generator, forcing=forcing, **settings)
-        K = int(K)
+        K, strategy = int(K), pick(edit_strategy, "edit_strategy")
+        if strategy not in INFILL_STRATEGIES:
+            raise ConfigError(f"unknown edit_strategy {strategy!r}; known: {', '.join(INFILL_STRATEGIES)}")
+        filt = ParticleResampler(len(labels), K, self.var.pos_1LC.device, generator) if strategy == "particles" \
+            else None
         tokens, images, logw = sample_next_scale(
             self.var, self.vae, [c for c in labels for _ in range(K)], generator=generator,
             forcing=KnownTokens(repeat_rows(forcing.known, K), repeat_rows(forcing.values, K)),
-            return_known_logprob=True, **settings)
-        rows = choose_candidates(logw, K, generator)
+            return_known_logprob=True, particles=filt, **settings)
+        rows = filt.choose() if filt is not None else choose_candidates(logw, K, generator)
         return take_rows(tokens, rows), images[rows]
 
     @classmethod

@@ -81,6 +81,52 @@ def choose_candidates(log_weights: torch.Tensor, candidates: int, generator: tor
     return torch.arange(B, device=pick.device) * K + pick
 
 
+class ParticleResampler:
+    """Sequential importance resampling (a particle filter) for samplers that meet known tokens one step at a
+    time. Rows b*K .. b*K+K-1 are K particles of image b. Each `observe(increment)` adds the log-probability the
+    model gave the known tokens of that step; when a group's weights have degenerated (effective sample size
+    below `ess_fraction * K`) its particles are resampled (systematic resampling: one uniform draw per group, from
+    `generator`) and their weights reset to equal. Compared with weighting whole passes at the end, the unknown
+    tokens drawn after a resampling already continue from contexts that agree with the known tokens seen so far,
+    so K particles go much further than K independent passes. `choose()` keeps one particle per image at the end,
+    with probability proportional to its weight."""
+
+    def __init__(self, groups: int, particles: int, device, generator: torch.Generator | None = None,
+                 ess_fraction: float = 0.5):
+        if int(particles) != particles or particles < 1:
+            raise ConfigError(f"particles={particles} must be an integer >= 1")
+        if not 0.0 < ess_fraction <= 1.0:
+            raise ConfigError(f"ess_fraction={ess_fraction} must be in (0, 1]")
+        self.B, self.K, self.generator, self.ess_fraction = int(groups), int(particles), generator, ess_fraction
+        self.log_weights = torch.zeros(self.B * self.K, dtype=torch.float64, device=device)
+        self.resamplings = 0  # group resamplings so far (diagnostics)
+
+    def observe(self, increment: torch.Tensor) -> torch.Tensor | None:
+        """Add per-row log-weights (B*K,); return the row permutation to apply to every per-row state (tokens,
+        caches, scores) when some group was resampled, else None."""
+        self.log_weights += increment.to(self.log_weights.dtype)
+        w = torch.softmax(self.log_weights.view(self.B, self.K), dim=1)
+        ess = 1.0 / (w * w).sum(dim=1)
+        need = ess < self.ess_fraction * self.K
+        if not bool(need.any()):
+            return None
+        u = torch.rand(self.B, 1, generator=self.generator, device=self.generator.device if self.generator
+                       else w.device, dtype=torch.float64).to(w.device)
+        positions = (u + torch.arange(self.K, device=w.device, dtype=torch.float64)) / self.K
+        picks = torch.searchsorted(w.cumsum(dim=1), positions).clamp_(max=self.K - 1)
+        keep = torch.arange(self.K, device=w.device).expand(self.B, -1)
+        picks = torch.where(need[:, None], picks, keep)
+        rows = (torch.arange(self.B, device=w.device)[:, None] * self.K + picks).reshape(-1)
+        resampled = need.repeat_interleave(self.K)
+        self.log_weights = torch.where(resampled, torch.zeros_like(self.log_weights), self.log_weights[rows])
+        self.resamplings += int(need.sum())
+        return rows
+
+    def choose(self) -> torch.Tensor:
+        """The row kept for each image (B,), drawn with probability proportional to its final weight."""
+        return choose_candidates(self.log_weights, self.K, self.generator)
+
+
 def take_rows(x, rows: torch.Tensor):
     """x[rows] for a tensor, or for every tensor of a per-scale list."""
     if isinstance(x, (list, tuple)):

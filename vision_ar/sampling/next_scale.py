@@ -24,7 +24,7 @@ import torch
 
 from ..conditioning import check_guidance, check_label_range
 from ..errors import ConfigError
-from .forcing import KnownTokens
+from .forcing import KnownTokens, ParticleResampler
 from .logits import (VAR_SAMPLING, apply_temperature, check_sampling_args, gumbel_softmax, sample_tokens, var_cfg,
                      var_guidance_ratio)
 
@@ -89,7 +89,7 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
                       cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
                       temperature: float = 1.0, batch_size: int | None = None,
                       forcing: KnownTokens | None = None, return_known_logprob: bool = False,
-                      trace: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+                      particles: ParticleResampler | None = None, trace: dict | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample images with a VAR transformer and its multi-scale VQ-VAE.
 
     class_labels: list/1-D tensor of class ids (-1 = unconditional), one int for the whole batch, or None for
@@ -103,6 +103,10 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
     return_known_logprob: (with forcing) also return, per row, the summed log-probability of the known tokens
         under the distribution each scale draws from (guided, temperature-scaled, before top-k/top-p): how well
         the generated coarser scales agree with them (importance weights for choosing between edits).
+    particles: (with forcing) a ParticleResampler over the rows (K consecutive rows per image): at every scale
+        the known tokens' log-probability given the coarser scales is handed to it BEFORE the scale's unknown
+        tokens are drawn and, when it resamples, every per-row state (f_hat, tokens so far, KV caches, the
+        condition, scores) follows its permutation; the caller keeps one row per image with `particles.choose()`.
     trace: if a dict is given it is filled with `label_B`, and per scale si `f_hat.{si}`, `kept_count.{si}`,
         `logits_cfg.{si}` (guided logits before temperature/filtering); with forcing also `sampled_idx_Bl.{si}`
         (the draws, before the known tokens replace them), `force_gt.{si}` (0/1 int64) and `h_BChw.{si}`.
@@ -125,6 +129,8 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
         known = [k.to(device) for k in known]
         known_idx = [v.to(device=device, dtype=torch.long) for v in known_idx]
     known_logprob = torch.zeros(B, dtype=torch.float32, device=device)
+    if particles is not None and forcing is None:
+        raise ConfigError("particles (resampling between edit candidates) needs forcing=KnownTokens(...)")
     if trace is not None:
         trace["label_B"] = labels.clone()
 
@@ -137,10 +143,18 @@ def sample_next_scale(var, vae, class_labels=None, generator: torch.Generator | 
         for si, pn in enumerate(var.patch_nums):
             ratio = var_guidance_ratio(si, S)
             logits = var_cfg(var.forward_scale(x, cond_BD), cfg, si, S)  # (B, pn^2, V)
-            if forcing is not None and return_known_logprob:
+            if forcing is not None and (return_known_logprob or particles is not None):
                 logp = apply_temperature(logits.float(), temperature, VAR_SAMPLING).log_softmax(dim=-1)
                 logp = logp.gather(2, known_idx[si][..., None])[..., 0]
-                known_logprob += torch.where(known[si], logp, torch.zeros_like(logp)).sum(1)
+                step_logprob = torch.where(known[si], logp, torch.zeros_like(logp)).sum(1)
+                known_logprob += step_logprob
+                rows = particles.observe(step_logprob) if particles is not None else None
+                if rows is not None:  # resampled: the rows that explain the known tokens go on
+                    logits, f_hat, known_logprob = logits[rows], f_hat[rows], known_logprob[rows]
+                    tokens = [t[rows] for t in tokens]
+                    both = torch.cat([rows, rows + B])
+                    cond_BD = cond_BD[both]
+                    var.select_cache_rows(both)
             drawn = sample_tokens(logits, VAR_SAMPLING, generator, top_k=top_k, top_p=top_p,
                                   temperature=temperature)
             idx_Bl = drawn.tokens

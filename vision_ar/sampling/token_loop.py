@@ -28,7 +28,7 @@ import torch
 
 from ..conditioning import check_guidance, check_label_range
 from ..errors import ConfigError
-from .forcing import KnownTokens, choose_candidates, repeat_rows
+from .forcing import KnownTokens, ParticleResampler, choose_candidates, repeat_rows
 from .logits import (LLAMAGEN_SAMPLING, SamplingConvention, apply_temperature, check_sampling_args, guided_logits,
                      sample_tokens)
 
@@ -54,14 +54,18 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
              cfg_interval: int = -1, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None, sample: bool = True, return_probs: bool = False,
              convention: SamplingConvention = LLAMAGEN_SAMPLING, forcing: KnownTokens | None = None,
-             return_known_logprob: bool = False, allow_null: bool = False):
+             return_known_logprob: bool = False, allow_null: bool = False,
+             particles: ParticleResampler | None = None):
     """Sample `max_new_tokens` (default block_size) image tokens per label -> (B, max_new_tokens) int64.
 
     With return_probs=True also returns the distributions drawn from, (B, max_new_tokens, V).
     `convention`: how guidance and the filters are applied (LlamaGen's by default, see sampling/logits.py).
     forcing: known tokens kept from an input image (module doc); return_known_logprob=True (with forcing) also
     returns their summed log-probability per row (B,), after the tokens (and probs). allow_null: rows may carry
-    the null class `num_classes` (unconditional rows; editing without a class).
+    the null class `num_classes` (unconditional rows; editing without a class). particles (with forcing): a
+    ParticleResampler over the rows (K consecutive rows per image): after every token that some row knows, the
+    rows' scores are handed to it and, when it resamples, every per-row state (tokens so far, KV cache, scores)
+    follows its permutation; the caller picks one row per image with `particles.choose()`.
     The model is run in eval mode (restored afterwards); its KV cache is (re)used and left allocated.
     """
     max_new_tokens = model.block_size if max_new_tokens is None else int(max_new_tokens)
@@ -72,6 +76,9 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
         known, known_tok = forcing.flat((cond.shape[0], max_new_tokens))
         known, known_tok = known.to(cond.device), known_tok.to(device=cond.device, dtype=torch.long)
     known_logprob = torch.zeros(cond.shape[0], dtype=torch.float32, device=cond.device)
+    if particles is not None and forcing is None:
+        raise ConfigError("particles (resampling between edit candidates) needs forcing=KnownTokens(...)")
+    resampled = [None]  # the particle filter's latest row permutation, applied once the step's token is drawn
 
     def draw(i: int, logits: torch.Tensor):
         """Token i: drawn, then the input's where known (its log-probability added to the row's score)."""
@@ -80,11 +87,26 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
         token = drawn.tokens[:, None]
         if forcing is None:
             return token, drawn.probs
-        if return_known_logprob:
+        if (return_known_logprob or particles is not None) and bool(known[:, i].any()):
             logp = apply_temperature(logits.float(), temperature, convention).log_softmax(dim=-1)
             lp = logp.gather(1, known_tok[:, i: i + 1])[:, 0]
-            known_logprob.add_(torch.where(known[:, i], lp, torch.zeros_like(lp)))
+            step_logprob = torch.where(known[:, i], lp, torch.zeros_like(lp))
+            known_logprob.add_(step_logprob)
+            if particles is not None:
+                resampled[0] = particles.observe(step_logprob)
         return torch.where(known[:, i: i + 1], known_tok[:, i: i + 1], token), drawn.probs
+
+    def follow_resampling(token, tokens, all_probs):
+        """Apply the particle filter's row permutation (if it just resampled) to every per-row state."""
+        rows = resampled[0]
+        if rows is None:
+            return token, tokens, all_probs
+        resampled[0] = None
+        known_logprob.copy_(known_logprob[rows])
+        model.select_cache_rows(torch.cat([rows, rows + cond.shape[0]]) if use_cfg else rows)
+        tokens = [t[rows] for t in tokens]
+        all_probs = [p[rows] for p in all_probs] if all_probs is not None else None
+        return token[rows], tokens, all_probs
 
     was_training = model.training
     model.eval()
@@ -96,6 +118,7 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
         logits = model.prefill(labels)
         token, probs = draw(0, guided_logits(logits, cfg_scale, convention) if use_cfg else logits)
         tokens, all_probs = [token], ([probs] if return_probs else None)  # (B, V) per step only when asked
+        token, tokens, all_probs = follow_resampling(token, tokens, all_probs)
         for i in range(max_new_tokens - 1):
             guide = not (cfg_interval > -1 and i > cfg_interval)
             fed = torch.cat([token, token]) if use_cfg else token
@@ -106,6 +129,7 @@ def generate(model, cond: torch.Tensor, max_new_tokens: int | None = None, cfg_s
             tokens.append(token)
             if return_probs:
                 all_probs.append(probs)
+            token, tokens, all_probs = follow_resampling(token, tokens, all_probs)
     finally:
         model.train(was_training)
 
@@ -127,25 +151,34 @@ def unknown_before_known(known: torch.Tensor) -> torch.Tensor:
     return first_unknown < last_known
 
 
+INFILL_STRATEGIES = ("particles", "passes")
+
+
 @torch.no_grad()
 def generate_infill(model, cond: torch.Tensor, forcing: KnownTokens, candidates: int = 8,
-                    generator: torch.Generator | None = None, **settings) -> torch.Tensor:
+                    generator: torch.Generator | None = None, strategy: str = "particles",
+                    **settings) -> torch.Tensor:
     """Tokens (B, N) that keep `forcing`'s known tokens; the unknown ones are sampled.
 
     A causal model draws token i from p(x_i | x_<i) and never sees the known tokens that come after it, so an
-    unknown region ABOVE (or left of) known content would be drawn blind to it. The strategy here is
-    sampling-importance-resampling over whole raster passes:
-      1. draw `candidates` forced raster passes per row (one batch of B * candidates rows);
-      2. weight each by the probability the model gives the known tokens along the way,
-         w = prod_{j known} p(x_j | x_<j)  (each pass is a proposal q = prod_{i unknown} p(x_i | x_<i) of the
-         unknown tokens, and p(all tokens) / q = w, so weighting by w targets p(unknown | known));
-      3. keep one candidate per row, drawn with probability proportional to w (one multinomial per row).
-    With more candidates the choice approaches the model's conditional p(unknown | known). Rows where no unknown
-    token precedes a known one need no choice, and when that holds for the whole batch one pass is drawn.
-    `settings` are those of `generate` (N = forcing's length).
+    unknown region ABOVE (or left of) known content would be drawn blind to it. Both strategies run `candidates`
+    forced raster passes per image side by side (one batch of B * candidates rows) and weight each by the
+    probability the model gives the known tokens along the way, w = prod_{j known} p(x_j | x_<j): a pass is a
+    proposal q = prod_{i unknown} p(x_i | x_<i) of the unknown tokens and p(all tokens) / q = w, so weighting by
+    w targets the model's conditional p(unknown | known).
+      * "particles" (default): a particle filter (sampling.forcing.ParticleResampler). At every known token the
+        passes' weights are updated and, once they have degenerated (effective sample size below half),
+        the passes are resampled: the ones that explain the known tokens so far are copied, with their KV
+        cache, and go on drawing from there. One pass is kept per image at the end, by weight.
+      * "passes": importance resampling over whole passes: weights only at the end, one pass kept per image
+        (the weights of independent passes degenerate quickly, so this needs many more candidates).
+    Rows where no unknown token precedes a known one need no choice, and when that holds for the whole batch one
+    pass is drawn. `settings` are those of `generate` (N = forcing's length).
     """
     if int(candidates) != candidates or candidates < 1:
         raise ConfigError(f"candidates={candidates} must be an integer >= 1 (1 = a single forced raster pass).")
+    if strategy not in INFILL_STRATEGIES:
+        raise ConfigError(f"unknown infill strategy {strategy!r}; known: {', '.join(INFILL_STRATEGIES)}")
     B = cond.shape[0]
     if not isinstance(forcing.known, torch.Tensor):
         raise ConfigError("the next-token loop takes one known map (B, N), not per-scale lists")
@@ -155,6 +188,10 @@ def generate_infill(model, cond: torch.Tensor, forcing: KnownTokens, candidates:
     if K == 1:
         return generate(model, cond, N, forcing=KnownTokens(known, values), generator=generator, **settings)
     # rows b*K .. b*K+K-1 are row b's candidates
-    tokens, logw = generate(model, repeat_rows(cond, K), N, forcing=KnownTokens(repeat_rows(known, K),
-                            repeat_rows(values, K)), generator=generator, return_known_logprob=True, **settings)
+    repeated = dict(forcing=KnownTokens(repeat_rows(known, K), repeat_rows(values, K)), generator=generator)
+    if strategy == "particles":
+        filt = ParticleResampler(B, K, cond.device, generator)
+        tokens = generate(model, repeat_rows(cond, K), N, particles=filt, **repeated, **settings)
+        return tokens[filt.choose()]
+    tokens, logw = generate(model, repeat_rows(cond, K), N, return_known_logprob=True, **repeated, **settings)
     return tokens[choose_candidates(logw, K, generator)]
