@@ -59,6 +59,17 @@ def test_edit_is_deterministic_per_seed(files):
     assert np.array_equal(outs[0], outs[1]) and not np.array_equal(outs[0], outs[2])
 
 
+@pytest.mark.parametrize("model", ["fmnist-gpt", "fmnist-var"])
+@pytest.mark.parametrize("strategy", ["particles", "passes"])
+def test_candidates_and_strategy_flags(files, model, strategy):
+    """In-painting the top half: unknown tokens precede known ones, so the candidates are chosen between."""
+    out = files / "out.png"
+    assert main(["edit", "--model", model, "--image", str(files / "in.png"), "--box", "0", "0", "16", "32",
+                 "--mode", "inpaint", "--candidates", "3", "--strategy", strategy, "--out", str(out)]) == 0
+    src, result = np.asarray(Image.open(files / "in.png")), np.asarray(Image.open(out).convert("L"))
+    assert np.array_equal(result[16:], src[16:])
+
+
 @pytest.mark.parametrize("args,message", [
     (["--image", "notes.png", "--mask", "mask.png", "--mode", "inpaint"], "image file .*notes.png is not an image"),
     (["--image", "missing.png", "--mask", "mask.png", "--mode", "inpaint"], "missing.png not found"),
@@ -73,6 +84,7 @@ def test_edit_is_deterministic_per_seed(files):
     (["--image", "in.png", "--mode", "outpaint", "--canvas", "24", "24"], "smaller than the 32x32 image"),
     (["--image", "in.png", "--mode", "outpaint", "--direction", "north"], "unknown out-painting direction"),
     (["--image", "in.png", "--box", "0", "0", "40", "8", "--mode", "inpaint"], "leaves the 32x32 image"),
+    (["--image", "in.png", "--mask", "mask.png", "--mode", "inpaint", "--candidates", "0"], "edit_candidates=0"),
 ])
 def test_bad_input_writes_nothing(files, capsys, args, message):
     out = files / "out.png"

@@ -61,6 +61,11 @@ def add_parser(sub):
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--candidates", type=int, default=None,
+                   help="GPT / VAR: edits drawn side by side per image, one kept (model default if unset)")
+    p.add_argument("--strategy", choices=("particles", "passes"), default=None,
+                   help="GPT / VAR: how the kept edit is chosen: a particle filter at the known tokens "
+                        "(particles) or by weight at the end (passes); model default if unset")
     p.add_argument("--blend", type=int, default=0, help="fade over this many known pixels at the border (0 = keep all)")
     p.add_argument("--any-part", action="store_true", help="keep a token when any part of its footprint is known")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -117,7 +122,8 @@ def run(args) -> int:
 
     pipe = load_pipeline(args.model, device=args.device, **load_kwargs(args))
     settings = {k: v for k, v in dict(guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p,
-                                      temperature=args.temperature).items() if v is not None}
+                                      temperature=args.temperature, edit_candidates=args.candidates,
+                                      edit_strategy=args.strategy).items() if v is not None}
     settings.update(call_kwargs(args, pipe))  # a flag of another family is refused, naming both
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     common = dict(generator=generator, any_part=args.any_part, blend=args.blend, output_type="pil", **settings)
