@@ -145,7 +145,10 @@ def main(argv=None) -> int:
                            still_original_class=round(ev.accuracy(out, labels), 4))
             else:
                 row.update(masked_accuracy=round(masked_acc, 4), hidden_half_given=args.keep_hidden,
-                           inpaint_class=args.inpaint_class)
+                           inpaint_class=args.inpaint_class,
+                           # per hidden half: raster-order models see the known half first (top hidden) or last
+                           accuracy_by_hidden_half={h: round(ev.accuracy(out[sides == i], targets[task][sides == i]), 4)
+                                                    for i, h in enumerate(HALVES) if bool((sides == i).any())})
                 if inferred is not None:  # the generator's own guess of the class from the known half
                     row["inferred_class_accuracy"] = round(float((inferred == targets[task]).float().mean()), 4)
             print(json.dumps(row), flush=True)

@@ -13,10 +13,10 @@ class VARPipeline(Pipeline):
     def default_settings(self) -> dict:
         # VAR's CFG convention: logits = (1+t) cond - t uncond with t ramped from 0 to cfg over the scales,
         # so cfg=0 means no guidance. top_k/top_p as in VAR's demo.
-        # edit_candidates: edits drawn per image when in-/out-painting, one kept; edit_strategy: "particles"
-        # resamples them scale by scale at the known tokens, "passes" weighs whole edits at the end
+        # edit_candidates: edits drawn per image when in-/out-painting, one kept; edit_strategy: "passes" weighs
+        # whole edits at the end, "particles" resamples them scale by scale at the known tokens
         return {"guidance_scale": 4.0, "top_k": 900, "top_p": 0.96, "more_smooth": False, "temperature": 1.0,
-                "edit_candidates": 8, "edit_strategy": "particles"}
+                "edit_candidates": 8, "edit_strategy": "passes"}
 
     # the names people know from the official code
     @property
