@@ -210,3 +210,20 @@ def test_var_scale_rule_per_method():
     assert torch.equal(inpainted.known_tokens[-1], edited.known_tokens[-1])  # the finest scale: THE RULE in both
     with pytest.raises(ConfigError, match="scale_rule"):
         pipe.edit(x, box, 3, scale_rule="bilinear")
+
+
+@pytest.mark.parametrize("strategy", ["passes", "particles", "class_evidence", "fresh"])
+def test_gpt_edit_strategies_keep_known_tokens(strategy):
+    pipe = pipe_of("fmnist-gpt")
+    x = make_images()
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[4:28, 4:28] = True  # the centre: unknown tokens before and after known ones in raster order
+    call = lambda s: pipe.edit(x, mask, [3, 8], generator=g(s), output_type="pt", edit_candidates=3,  # noqa: E731
+                               edit_strategy=strategy, guidance_scale=2.0)
+    a, b, a2 = call(0), call(1), call(0)
+    known = flat_tokens(a.known_tokens)
+    encoded = per_position(pipe.encode_for_edit(x), known)
+    assert torch.equal(per_position(a.tokens, known)[known], encoded[known])
+    assert torch.equal(a.images, a2.images) and not torch.equal(a.tokens, b.tokens)
+    with pytest.raises(ConfigError, match="edit_strategy 'fresh' is not available for VAR|not available for VAR"):
+        pipe_of("fmnist-var").edit(x, mask, [3, 8], generator=g(), edit_strategy="fresh")

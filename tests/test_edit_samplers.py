@@ -248,3 +248,30 @@ def test_next_scale_particles_move_every_row_state_together(var_pair):
     want = sum((torch.log_softmax(trace[f"logits_cfg.{si}"], -1).gather(2, tokens[si][..., None])[..., 0]
                 * rep(known)[si]).sum(1) for si in range(3))
     assert torch.allclose(logp, want, atol=1e-4)
+
+
+def test_class_evidence_is_the_drawn_tokens_label_vs_null_ratio(gpt):
+    cond = torch.tensor([2, 1])
+    forcing = _forcing(2, known_from=9)
+    tokens, ev = generate(gpt, cond, N, cfg_scale=2.0, generator=torch.Generator().manual_seed(0), forcing=forcing,
+                          return_class_evidence=True)
+    with torch.no_grad():
+        c, _ = gpt(tokens[:, :-1], cond)
+        u, _ = gpt(tokens[:, :-1], torch.full_like(cond, gpt.num_classes))
+    ratio = (c.log_softmax(-1) - u.log_softmax(-1)).gather(2, tokens[..., None])[..., 0]
+    assert torch.allclose(ev.float(), (ratio * ~forcing.known).sum(1), atol=1e-4)
+    with pytest.raises(ConfigError, match="needs guidance"):
+        generate(gpt, cond, N, cfg_scale=1.0, return_class_evidence=True)
+
+
+def test_class_evidence_strategy_keeps_the_most_typical_pass(gpt):
+    cond, K = torch.tensor([0, 3]), 5
+    forcing = _forcing(2, known_from=0)
+    forcing.known[:, 4:12] = False
+    rep = KnownTokens(forcing.known.repeat_interleave(K, 0), forcing.values.repeat_interleave(K, 0))
+    tokens, ev = generate(gpt, cond.repeat_interleave(K), N, cfg_scale=2.0, forcing=rep,
+                          generator=torch.Generator().manual_seed(4), return_class_evidence=True)
+    best = tokens[torch.arange(2) * K + ev.view(2, K).argmax(1)]
+    got = generate_infill(gpt, cond, forcing, candidates=K, strategy="class_evidence", cfg_scale=2.0,
+                          generator=torch.Generator().manual_seed(4))
+    assert torch.equal(got, best)

@@ -92,11 +92,13 @@ class VARPipeline(Pipeline):
         K = 1 if forcing is None else pick(edit_candidates, "edit_candidates")
         if int(K) != K or K < 1:
             raise ConfigError(f"edit_candidates={K} must be an integer >= 1 (1 = a single edit per image)")
+        strategy = pick(edit_strategy, "edit_strategy")
+        if strategy not in INFILL_STRATEGIES:
+            raise ConfigError(f"edit_strategy {strategy!r} is not available for VAR; it takes "
+                              f"{', '.join(INFILL_STRATEGIES)}")
         if K == 1:
             return sample_next_scale(self.var, self.vae, labels, generator=generator, forcing=forcing, **settings)
-        K, strategy = int(K), pick(edit_strategy, "edit_strategy")
-        if strategy not in INFILL_STRATEGIES:
-            raise ConfigError(f"unknown edit_strategy {strategy!r}; known: {', '.join(INFILL_STRATEGIES)}")
+        K = int(K)
         filt = ParticleResampler(len(labels), K, self.var.pos_1LC.device, generator) if strategy == "particles" \
             else None
         tokens, images, logw = sample_next_scale(
