@@ -21,5 +21,12 @@ vision-ar train generator --model gpt-fmnist --tokenizer runs/fm_vq2/final --dat
   --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true \
   --set progress=false --set log_every=25 --set ckpt_every=100
 
+# 2b. a second schedule on top (its EMA weights, a new optimizer, half the peak lr, a new EMA): 2800 steps, ~1 hour.
+#     N = 10,000 at CFG 1.5: 91.6% / FID 1.12 after step 2 -> 92.8% / 0.96 after this one.
+vision-ar train generator --model gpt-fmnist --init runs/fm_gpt2/final --tokenizer runs/fm_vq2/final \
+  --data fashion-mnist --out runs/fm_gpt3 --steps 2800 --set batch_size=64 --set lr=4e-4 --set warmup_steps=100 \
+  --set weight_decay=0.05 --set ema_decay=0.999 --set ema_warmup=true \
+  --set progress=false --set log_every=25 --set ckpt_every=100
+
 # 3. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package
-python scripts/ship_pipeline.py runs/fm_gpt2/pipeline vision_ar/weights/fmnist_gpt --set guidance_scale=${CFG:-1.5}
+python scripts/ship_pipeline.py runs/fm_gpt3/pipeline vision_ar/weights/fmnist_gpt --set guidance_scale=${CFG:-1.5}
