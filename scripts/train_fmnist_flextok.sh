@@ -38,7 +38,7 @@ vision-ar train generator --model gpt-flextok-fmnist --tokenizer runs/fm_flextok
 
 # 4. ship it: the pipeline folder (tokenizer + EMA generator + sampling defaults) into the package; then declare it
 #    in vision_ar/families/flextok.py: shipped={"fmnist-flextok": "fmnist_flextok"} (`--model fmnist-flextok`)
-python scripts/ship_pipeline.py runs/fm_flextok2_gpt/pipeline vision_ar/weights/fmnist_flextok \
+python scripts/ship_pipeline.py runs/fm_flextok2_gpt/pipeline vision_ar/weights/fmnist_flextok --half-weights \
   --set guidance_scale=${CFG:-3.0}
 
 # 5. generation versus token count (class accuracy, classifier-feature FID; 1000 samples each) and SJD on the 1D GPT

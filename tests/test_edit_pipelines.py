@@ -9,10 +9,12 @@ import torch
 from PIL import Image
 
 from vision_ar.errors import ConfigError, DataError, EditNotice
+from vision_ar.family import list_families
 from vision_ar.pipelines import SHIPPED, load_pipeline
 from vision_ar.pipelines.base import PipelineOutput
 
-FAMILIES = sorted(SHIPPED)
+# shipped models of the families that declare editing (FlexTok's 1D tokens have no place in the image: refused)
+FAMILIES = sorted(m for fam in list_families() if fam.edit_methods for m in fam.shipped if m in SHIPPED)
 _PIPES: dict = {}
 
 

@@ -138,8 +138,6 @@ FAMILY = register_family(Family(
                       files="FlexTok tokenizer folder (a local EPFL-VILAB/flextok_d*_* repository) and a GPT "
                             "folder trained on its tokens",
                       load=_load_official, load_tokenizer=_load_official_tokenizer),
-    # fmnist-flextok is declared here ({"fmnist-flextok": "fmnist_flextok"}) once scripts/train_fmnist_flextok.sh has
-    # shipped its weights to vision_ar/weights/fmnist_flextok (tests/test_shipped_models.py requires every declared
-    # shipped model to be present)
-    shipped={},
+    # scripts/train_fmnist_flextok.sh (tests/test_shipped_models.py requires every declared shipped model present)
+    shipped={"fmnist-flextok": "fmnist_flextok"},
 ))
