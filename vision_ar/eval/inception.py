@@ -43,7 +43,7 @@ def resolve_inception_weights(path: str | os.PathLike | None = None) -> Path:
     chosen = path if path else os.environ.get(ENV_WEIGHTS)
     if not chosen:
         raise MissingFileError(
-            "FID / IS / precision-recall need the Inception-V3 weights (torch-fidelity's pt_inception-2015-12-05). "
+            "FID / IS / precision-recall need the Inception-V3 weights (torch-fidelity's port of TensorFlow's inception-2015-12-05). "
             f"Download {WEIGHTS_NAME} once from {WEIGHTS_URL} and pass --inception-weights PATH "
             f"(or set {ENV_WEIGHTS}=PATH). Nothing is downloaded at run time."
         )
