@@ -110,7 +110,8 @@ def save_npz(path: Path, images: torch.Tensor, labels: torch.Tensor) -> None:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", help="shipped model name (fmnist-var, fmnist-gpt, fmnist-xar, fmnist-flextok) or a pipeline folder")
+    from vision_ar.family import shipped_folders  # the families' own list, so the help cannot drift from it
+    src.add_argument("--model", help=f"shipped model name ({', '.join(sorted(shipped_folders()))}) or a pipeline folder")
     src.add_argument("--npz", type=Path, help="samples .npz: uint8 arr_0 N,H,W,3 + labels")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the pipeline's own)")
     p.add_argument("--sampler", default=None, help="sampler name passed to the pipeline (default: its own)")
