@@ -229,3 +229,22 @@ def test_gpt_edit_strategies_keep_known_tokens(strategy):
     assert torch.equal(a.images, a2.images) and not torch.equal(a.tokens, b.tokens)
     with pytest.raises(ConfigError, match="edit_strategy 'fresh' is not available for VAR|not available for VAR"):
         pipe_of("fmnist-var").edit(x, mask, [3, 8], generator=g(), edit_strategy="fresh")
+
+
+def test_gpt_fresh_edit_renders_the_sample_not_the_token_composite():
+    """A 'fresh' class edit with one candidate is the plain sample of the new class (same generator): its generated
+    pixels are that sample's decode exactly (the kept ring's old codes must not leak in through the decoder), its
+    known pixels the input's, and its returned tokens the input's at the known positions."""
+    pipe = pipe_of("fmnist-gpt")
+    x = make_images()
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[4:28, 4:28] = True
+    out = pipe.edit(x, mask, [3, 8], generator=g(5), output_type="pt", edit_candidates=1, edit_strategy="fresh",
+                    guidance_scale=2.0)
+    plain = pipe([3, 8], generator=g(5), output_type="pt", guidance_scale=2.0)
+    assert torch.allclose(out.images[:, :, mask], plain.images[:, :, mask], atol=1e-6)
+    assert torch.allclose(out.images[:, :, ~mask], ((x + 1) / 2)[:, :, ~mask], atol=1 / 255)
+    known = flat_tokens(out.known_tokens)
+    assert torch.equal(per_position(out.tokens, known)[known],
+                       per_position(pipe.encode_for_edit(x), known)[known])
+    assert not torch.equal(per_position(out.tokens, known)[known], per_position(plain.tokens, known)[known])

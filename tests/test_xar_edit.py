@@ -177,3 +177,30 @@ def test_class_inference_is_refused_with_the_reason():
     # a flow-matching generator has no exact likelihood of the known latents, so inpaint(..., "infer") says so
     with pytest.raises(ConfigError, match="flow-matching"):
         pipe_of("cell").inpaint(images(), BOX, "infer", generator=g())
+
+
+@pytest.mark.parametrize("entity", sorted(ENTITIES))
+def test_fresh_strategy_keeps_the_input_latents_and_renders_the_plain_sample(entity):
+    """edit_strategy="fresh" (pipelines/editing.py): with one candidate the region is the plain sample of the same
+    generator (decoded alone), the known latents and pixels are the input's; with K candidates the kept one is
+    the sample closest to the input at the known latents."""
+    pipe, x = pipe_of(entity), images()
+    out = pipe.edit(x, BOX, [1, 3], generator=g(4), output_type="pt", edit_strategy="fresh", edit_candidates=1)
+    plain = pipe([1, 3], generator=g(4), output_type="pt")
+    cells = known_cells()
+    keep = cells[:, None].expand_as(out.tokens)
+    mean = pipe.vae.encode(x, sample=False)
+    assert torch.equal(out.tokens[keep], mean[keep]) and torch.equal(out.tokens[~keep], plain.tokens[~keep])
+    px = torch.zeros(2, 8, 8, dtype=torch.bool)
+    px[:, BOX[0]:BOX[2], BOX[1]:BOX[3]] = True
+    assert torch.allclose(out.images.permute(0, 2, 3, 1)[px], plain.images.permute(0, 2, 3, 1)[px], atol=1e-6)
+    assert torch.equal(out.images.permute(0, 2, 3, 1)[~px], ((x + 1) / 2).permute(0, 2, 3, 1)[~px])
+    # K = 3: the three plain samples of the same draw; the kept one minimises the squared gap at the known latents
+    best = pipe.edit(x, BOX, [1, 3], generator=g(4), output_type="pt", edit_strategy="fresh", edit_candidates=3)
+    three = pipe([1, 1, 1, 3, 3, 3], generator=g(4), output_type="pt").tokens
+    gaps = (((three - mean.repeat_interleave(3, 0)) ** 2) * cells.repeat_interleave(3, 0)[:, None]).flatten(1).sum(1)
+    if entity != "scale":  # scale entities also compare the coarse tokens that are known
+        pick = gaps.view(2, 3).argmin(1) + torch.tensor([0, 3])
+        assert torch.equal(best.tokens[~keep], three[pick][~keep])
+    with pytest.raises(ConfigError, match="edit_strategy"):
+        pipe.edit(x, BOX, 1, edit_strategy="passes")

@@ -62,12 +62,13 @@ def add_parser(sub):
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--candidates", type=int, default=None,
-                   help="GPT / VAR: edits drawn side by side per image, one kept (model default if unset)")
-    p.add_argument("--strategy", choices=("particles", "passes", "class_evidence", "fresh"), default=None,
+                   help="GPT / VAR / xAR: edits drawn side by side per image, one kept (model default if unset)")
+    p.add_argument("--strategy", choices=("particles", "passes", "class_evidence", "fresh", "hold"), default=None,
                    help="GPT / VAR: how the kept edit is chosen: a particle filter at the known tokens "
                         "(particles), by weight at the end (passes); GPT class edits: the pass the generator finds "
                         "most typical of the class (class_evidence) or a fresh sample of the class whose border "
-                        "fits the kept ring best (fresh); model default if unset")
+                        "fits the kept ring best (fresh); xAR: known latents held on their flow path (hold) or "
+                        "fresh; model default if unset")
     p.add_argument("--blend", type=int, default=0, help="fade over this many known pixels at the border (0 = keep all)")
     p.add_argument("--any-part", action="store_true", help="keep a token when any part of its footprint is known")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

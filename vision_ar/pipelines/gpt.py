@@ -90,8 +90,8 @@ class GPTPipeline(Pipeline):
     def edit_defaults(self, method: str) -> dict:
         # Class edits: the kept ring is drawn before most of the region in raster order and carries the OLD
         # silhouette, so forced passes redraw the old class (Fashion-MNIST centre edits, N = 500, CFG 1.5: 9.8% new
-        # class; 25.8% at CFG 7). A fresh sample of the new class whose border fits the ring best, 8 drawn: 40.6%
-        # (benchmarks/edit_quality.py, docs/editing.md).
+        # class; 25.8% at CFG 7). A fresh sample of the new class whose border fits the ring best, 8 drawn, rendered
+        # from the sample (the input's known pixels put back): 74.8% (benchmarks/edit_quality.py, docs/editing.md).
         return {"edit_candidates": 8, "edit_strategy": "fresh"} if method == "edit" else {}
 
     def edit_image_size(self) -> tuple[int, int]:
@@ -131,41 +131,26 @@ class GPTPipeline(Pipeline):
         if strategy not in EDIT_STRATEGIES + ("fresh",):
             raise ConfigError(f"unknown edit_strategy {strategy!r}; the GPT takes "
                               f"{', '.join(EDIT_STRATEGIES + ('fresh',))}")
+        if forcing is not None and strategy == "fresh":  # editing.py: plain samples, the best fit kept
+            return self.fresh_edit(labels, forcing, generator, pick(edit_candidates, "edit_candidates"),
+                                   guidance_scale=guidance_scale, top_k=top_k, top_p=top_p, temperature=temperature)
         if forcing is None:
             tokens = generate(self.gpt, cond, layout.num_tokens, **settings)
-        elif strategy == "fresh":
-            tokens = self._fresh_edit(cond, forcing, pick(edit_candidates, "edit_candidates"), settings)
         else:
             tokens = generate_infill(self.gpt, cond, forcing, candidates=pick(edit_candidates, "edit_candidates"),
                                      strategy=strategy, **settings)
         images = self.tokenizer.decode(layout.unflatten(tokens))
         return tokens, ((images.float() + 1) / 2).clamp(0, 1)
 
-    def _fresh_edit(self, cond: torch.Tensor, forcing, candidates: int, settings: dict) -> torch.Tensor:
-        """edit_strategy="fresh" (class edits): K plain samples of each image's class, blind to the input; the
-        one whose code vectors at the known positions lie closest (squared L2) to the input's is kept, and the
-        input's tokens are put back there. In raster order the kept ring of a class edit is drawn BEFORE most of
-        the region and carries the old silhouette, so forced passes keep redrawing the old class; a fresh sample
-        follows the new label, and the choice among K makes its border agree with what is kept."""
-        from ..sampling.forcing import repeat_rows
-        from ..sampling.token_loop import generate
+    def forcing_sequence(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens  # sample_with_forcing returns (B, N) codes in raster order, the forcing's layout
 
-        if int(candidates) != candidates or candidates < 1:
-            raise ConfigError(f"edit_candidates={candidates} must be an integer >= 1")
+    def token_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         quantize = getattr(self.tokenizer, "quantize", None)
         if not hasattr(quantize, "codebook"):
             raise ConfigError(f"edit_strategy='fresh' compares code vectors, and this tokenizer "
                               f"({type(self.tokenizer).__name__}) has no codebook; use 'passes'")
-        B, K = cond.shape[0], int(candidates)
-        known, values = forcing.flat((B, self.gpt.token_layout.num_tokens))
-        known, values = known.to(cond.device), values.to(cond.device)
-        samples = generate(self.gpt, repeat_rows(cond, K), known.shape[1], **settings)  # (B*K, N)
-        # Choosing by the generator's log-likelihood of each composite instead gave the same (40.6%, N = 500)
-        codes = quantize.codebook()
-        gap = ((codes[samples] - codes[repeat_rows(values, K)]) ** 2).sum(-1)  # (B*K, N)
-        score = -(gap * repeat_rows(known, K)).sum(1).view(B, K)
-        composite = torch.where(repeat_rows(known, K), repeat_rows(values, K), samples)
-        return composite[torch.arange(B, device=cond.device) * K + score.argmax(dim=1)]
+        return quantize.codebook()[seq]
 
     @classmethod
     def from_official(cls, preset: str, vq_path: str, checkpoint_path: str, device: str = "cpu"):

@@ -31,11 +31,17 @@ OFFICIAL_SAMPLING = {"xar-b": {"num_steps": 40, "guidance_scale": 2.7},
                      "xar-h": {"num_steps": 50, "guidance_scale": 2.2}}
 
 
+XAR_EDIT_STRATEGIES = ("hold", "fresh")
+
+
 class XARPipeline(Pipeline):
     def default_settings(self) -> dict:
         # xAR's CFG: drift = uncond + w_k (cond - uncond), w_k ramped from 1 (first entity) to the scale (last
         # entity), so 1 means no guidance. Euler-Maruyama is what the official sample_tokens integrates with.
-        return {"guidance_scale": 2.7, "num_steps": 40, "method": "euler_maruyama", "guidance_schedule": "linear"}
+        # Editing: edit_strategy "hold" keeps the known latents on their flow path (sampling/flow.py), "fresh"
+        # draws edit_candidates plain samples and keeps the best fit to the known region (pipelines/editing.py).
+        return {"guidance_scale": 2.7, "num_steps": 40, "method": "euler_maruyama", "guidance_schedule": "linear",
+                "edit_strategy": "hold", "edit_candidates": 8}
 
     # the names people know from the official code
     @property
@@ -90,20 +96,34 @@ class XARPipeline(Pipeline):
     @torch.inference_mode()
     def sample_with_forcing(self, labels, forcing, generator, guidance_scale: float | None = None,
                             num_steps: int | None = None, method: str | None = None,
-                            guidance_schedule: str | None = None):
+                            guidance_schedule: str | None = None, edit_strategy: str | None = None,
+                            edit_candidates: int | None = None):
         """Flow sampling entity by entity with optional known latents (sampling.flow: held on their path, exact
-        at the end) -> (latents (B, C, h, w), images in [0, 1]). A None label is the null class (unconditional).
+        at the end; edit_strategy="fresh": the best fitting of `edit_candidates` plain samples, editing.py)
+        -> (latents (B, C, h, w), images in [0, 1]). A None label is the null class (unconditional).
         Labels and guidance come checked (`check_request`, at the caller's boundary)."""
         pick = self.setting
         cfg = pick(guidance_scale, "guidance_scale")
         steps, method, schedule = pick(num_steps, "num_steps"), pick(method, "method"), \
             pick(guidance_schedule, "guidance_schedule")
         check_flow_args(steps, method, cfg, schedule)  # before any work
+        strategy = pick(edit_strategy, "edit_strategy")
+        if strategy not in XAR_EDIT_STRATEGIES:
+            raise ConfigError(f"unknown edit_strategy {strategy!r}; xAR takes {', '.join(XAR_EDIT_STRATEGIES)}")
+        if forcing is not None and strategy == "fresh":
+            return self.fresh_edit(labels, forcing, generator, pick(edit_candidates, "edit_candidates"),
+                                   guidance_scale=cfg, num_steps=steps, method=method, guidance_schedule=schedule)
         device = self.generator.mask.device
         rows = torch.tensor([self.xar.num_classes if c is None else c for c in labels], device=device)
         latents = sample_flow(self.generator, rows, num_steps=steps, guidance_scale=cfg, method=method,
                               guidance_schedule=schedule, generator=generator, forcing=forcing)
         return latents, ((self.tokenizer.decode(latents) + 1) / 2).clamp(0, 1)
+
+    def forcing_sequence(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.xar.layout.to_sequence(latents)  # (B, C, h, w) -> (B, L, C) in entity order
+
+    def tokens_from_sequence(self, seq: torch.Tensor) -> torch.Tensor:
+        return self.xar.layout.from_sequence(seq)
 
     @classmethod
     def from_official(cls, preset: str, vae_path: str, checkpoint_path: str, device: str = "cpu"):
