@@ -1,12 +1,12 @@
 """Before / mask / after grids of in-painting, class-conditional editing and out-painting with the shipped models.
 
-    python scripts/edit_demo.py                       # docs/edit_fmnist-var.png, docs/edit_fmnist-gpt.png
+    python scripts/edit_demo.py                       # docs/edit_fmnist-{var,gpt,xar}.png
     python scripts/edit_demo.py --models fmnist-var --n 8 --seed 1 --out-dir /tmp/edits
 
 Each picture has three panels, one column per Fashion-MNIST test image (the first `--n` test images):
   inpaint   the top half is generated unconditionally (None label): the model restores what fits the bottom;
   edit      the centre 24x24 (rows and columns 4..28) becomes the class in the column's caption (the next class,
-            modulo 10), with guidance 7 (the pipelines' sampling defaults are 4 for VAR and 3 for the GPT);
+            modulo 10), with each pipeline's own guidance and edit strategy (what `vision-ar edit` does);
   outpaint  the image is extended by 16 pixels to the right (32x48 canvas), conditioned on its own class.
 Rows of a panel: the input, the mask (the region to generate in red), the result. Pixels are enlarged 3x.
 """
@@ -20,7 +20,6 @@ import torch
 
 SCALE = 3
 PAD = 4
-EDIT_CFG = 7.0
 
 
 def to_u8(images01: torch.Tensor) -> np.ndarray:
@@ -90,7 +89,7 @@ def demo(model: str, n: int, seed: int):
     centre = torch.zeros(n, H, W, dtype=torch.bool)
     centre[:, H // 8: 7 * H // 8, W // 8: 7 * W // 8] = True
     targets = [(c + 1) % pipe.num_classes for c in y]
-    ed = pipe.edit(x, centre, targets, generator=g(), output_type="pt", guidance_scale=EDIT_CFG)
+    ed = pipe.edit(x, centre, targets, generator=g(), output_type="pt")
 
     grow = W // 2
     outp = pipe.outpaint(x, "right", y, amount=grow, generator=g(), output_type="pt")
@@ -112,7 +111,7 @@ def demo(model: str, n: int, seed: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["fmnist-var", "fmnist-gpt"])
+    ap.add_argument("--models", nargs="+", default=["fmnist-var", "fmnist-gpt", "fmnist-xar"])
     ap.add_argument("--n", type=int, default=8, help="test images (columns)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out-dir", default=str(Path(__file__).resolve().parents[1] / "docs"))
