@@ -219,7 +219,10 @@ class EditingMixin:
         if isinstance(candidates, bool) or int(candidates) != candidates or candidates < 1:
             raise ConfigError(f"edit_candidates={candidates} must be an integer >= 1")
         K, B = int(candidates), len(labels)
-        known, values = forcing.flat((B, forcing.known[0].numel() if isinstance(forcing.known, torch.Tensor) else -1))
+        if type(self).forcing_sequence is EditingMixin.forcing_sequence or not isinstance(forcing.known, torch.Tensor):
+            raise ConfigError(f"edit_strategy='fresh' compares one token sequence per image, and "
+                              f"{type(self).__name__} does not give one (forcing_sequence); use its own strategies")
+        known, values = forcing.flat((B, forcing.known[0].numel()))
         target = self.token_vectors(values)  # before any sampling: a family without vectors says so first
         sampled, images01 = self.sample_with_forcing([c for c in labels for _ in range(K)], None, generator, **settings)
         seq = self.forcing_sequence(sampled)
