@@ -14,7 +14,10 @@ vision-ar train tokenizer --model kl-fmnist --data fashion-mnist --out runs/fm_k
   --set warmup_steps=200 --set min_lr_ratio=0.05 --set ema_decay=0.999 --set ema_warmup=true \
   --set progress=false --set log_every=100 --set ckpt_every=500
 
-# 2. reconstructions of the 10k test images (issue targets: >= 90% accuracy, rFID <= 0.5)
+#    Done (session 10; its final/ and metrics.jsonl travel in runs_inflight/fm_kl2/: `mkdir -p runs && cp -r
+#    runs_inflight/fm_kl2 runs/` and go on at step 3).
+# 2. reconstructions of the 10k test images (issue targets: >= 90% accuracy, rFID <= 0.5). Measured:
+#    PSNR 31.06, SSIM 0.950, accuracy 91.4%, rFID 0.15 (the shipped fmnist-xar tokenizer: 24.78 / 0.846 / 87.5% / 2.63)
 python benchmarks/tokenizer_recon.py runs/fm_kl2/final --n 10000
 
 # 3. latent scale = 1 / std of posterior samples, then the generator on the new latents (the recipe of
