@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, EditNotice
-from ..sampling.forcing import KnownTokens
+from ..sampling.forcing import KnownTokens, repeat_rows
 from .masks import generate_region, known_tokens, outpaint_canvas, read_image_file
 
 EDIT_METHODS = ("inpaint", "outpaint", "edit")
@@ -192,8 +192,9 @@ class EditingMixin:
     # ---- edit_strategy="fresh": plain samples of the new class, the one that fits the kept region best ----
     # A family opts in with the two hooks below (GPT: codes in raster order; xAR: latents in entity order).
     def forcing_sequence(self, tokens) -> torch.Tensor:
-        """Sampled tokens, as `sample_with_forcing` returns them -> the layout of `KnownTokens.values` (B, N[, C])."""
-        raise ConfigError(f"edit_strategy='fresh' is not available for {type(self).__name__}")
+        """Sampled tokens, as `sample_with_forcing` returns them -> the layout of `KnownTokens.values` (B, N[, C]).
+        A family without it is refused by `fresh_edit` before any sampling."""
+        raise NotImplementedError
 
     def token_vectors(self, seq: torch.Tensor) -> torch.Tensor:
         """(B, N) codes or (B, N, C) latents in the forcing layout -> (B, N, C) vectors to compare at known positions."""
@@ -224,12 +225,13 @@ class EditingMixin:
                               f"{type(self).__name__} does not give one (forcing_sequence); use its own strategies")
         known, values = forcing.flat((B, forcing.known[0].numel()))
         target = self.token_vectors(values)  # before any sampling: a family without vectors says so first
-        sampled, images01 = self.sample_with_forcing([c for c in labels for _ in range(K)], None, generator, **settings)
+        rows = [c for c in labels for _ in range(K)]  # labels may hold None: repeat_rows is for tensors
+        sampled, images01 = self.sample_with_forcing(rows, None, generator, **settings)
         seq = self.forcing_sequence(sampled)
         N = seq.shape[1]
         known, values, target = known.to(seq.device), values.to(seq.device), target.to(seq.device)
-        gap = ((self.token_vectors(seq) - target.repeat_interleave(K, 0)) ** 2).sum(-1)
-        score = -(gap * known.repeat_interleave(K, 0)).sum(1).view(B, K)
+        gap = ((self.token_vectors(seq) - repeat_rows(target, K)) ** 2).sum(-1)
+        score = -(gap * repeat_rows(known, K)).sum(1).view(B, K)
         chosen = torch.arange(B, device=seq.device) * K + score.argmax(dim=1)
         mask = known.view(B, N, *([1] * (seq.ndim - 2)))
         tokens = self.tokens_from_sequence(torch.where(mask, values, seq[chosen]))
